@@ -1,0 +1,252 @@
+"""The agent's lifecycle: wait for Docker and Consul, follow events, resync, shut down.
+
+The event stream is one long session wrapped in a reconnect loop: whatever ends it (dockerd
+restarting, a socket error, a proxy timing out), the loop waits with backoff, resumes from
+the last event's time and asks for a full reconcile, because events may have been missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from registrator.consul import ConsulClient, ConsulError
+from registrator.docker import CONTAINER_EVENTS, DockerClient, DockerError
+from registrator.planner import PlanContext
+from registrator.reconciler import Reconciler
+from registrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+EVENT_BACKOFF_MAX = 30.0
+RETRY_BACKOFF_MAX = 5.0
+
+
+class StartupError(Exception):
+    """Docker or Consul never answered within -retry-attempts."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    node: str
+    default_address: str
+    docker_version: str
+    consul_node: str
+
+
+def event_container_id(event: dict[str, Any]) -> str | None:
+    """The container an event is about, if it is one we reconcile on."""
+    kind = event.get("Type")
+    action = str(event.get("Action") or event.get("status") or "")
+    actor = event.get("Actor") if isinstance(event.get("Actor"), dict) else {}
+    assert isinstance(actor, dict)
+    if kind == "container":
+        # "health_status: healthy" carries its value after a colon.
+        if action.split(":", 1)[0].strip() in CONTAINER_EVENTS:
+            container_id = actor.get("ID") or event.get("id")
+            return str(container_id) if container_id else None
+        return None
+    if kind == "network" and action in {"connect", "disconnect"}:
+        attributes = actor.get("Attributes")
+        if isinstance(attributes, dict) and attributes.get("container"):
+            return str(attributes["container"])
+    return None
+
+
+def since_from_time_nano(time_nano: int) -> str:
+    """Docker's `since` takes `seconds.nanoseconds`; resuming from the last event's own time
+    may repeat it, which level-triggered reconciles make harmless, and never skips one."""
+    return f"{time_nano // 1_000_000_000}.{time_nano % 1_000_000_000:09d}"
+
+
+class Agent:
+    def __init__(self, settings: Settings, docker: DockerClient, consul: ConsulClient) -> None:
+        self.settings = settings
+        self.docker = docker
+        self.consul = consul
+        self.reconciler: Reconciler | None = None
+        self.identity: Identity | None = None
+        self.docker_ok = False
+        self.consul_ok = False
+        self._full_requested = asyncio.Event()
+        self._since: str | None = None
+        self._stream_state = ""  # for logging only state changes
+
+    @property
+    def ready(self) -> bool:
+        return bool(
+            self.reconciler and self.reconciler.synced and self.docker_ok and self.consul_ok
+        )
+
+    async def _startup_call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry `call` per -retry-attempts/-retry-interval, logging once per state change."""
+        attempts = self.settings.retry_attempts
+        interval = self.settings.retry_interval / 1000
+        tried = 0
+        while True:
+            try:
+                return await call()
+            except (DockerError, ConsulError) as err:
+                tried += 1
+                if attempts >= 0 and tried > attempts:
+                    raise StartupError(f"{what}: {err}") from err
+                if tried == 1:
+                    log.warning("waiting for %s: %s (retrying every %.1f s)", what, err, interval)
+                await asyncio.sleep(interval)
+
+    async def start(self) -> Identity:
+        docker_version = await self._startup_call(
+            f"Docker at {self.docker.host}", self.docker.negotiate
+        )
+        info = await self._startup_call("Docker info", self.docker.info)
+        self.docker_ok = True
+        consul_self = await self._startup_call(
+            f"Consul at {self.consul.endpoint}", self.consul.agent_self
+        )
+        self.consul_ok = True
+        node = self.settings.node or str(info.get("Name") or "")
+        if not node:
+            raise StartupError("Docker info has no Name; set -node or REGISTRATOR_NODE")
+        swarm = info.get("Swarm") if isinstance(info.get("Swarm"), dict) else {}
+        assert isinstance(swarm, dict)
+        member = consul_self.get("Member") if isinstance(consul_self.get("Member"), dict) else {}
+        assert isinstance(member, dict)
+        # What "the host's address" is when a port is published on all interfaces: the
+        # Swarm node address if this engine is in a swarm, else the address the local Consul
+        # agent advertises (on the standard deployment, one agent per host, that is the
+        # host's LAN address). Never a hostname lookup: that gave gliderlabs users 127.0.1.1.
+        default_address = (
+            self.settings.ip
+            or (str(swarm.get("NodeAddr") or "") if swarm.get("LocalNodeState") == "active" else "")
+            or str(member.get("Addr") or "")
+        )
+        config = consul_self.get("Config") if isinstance(consul_self.get("Config"), dict) else {}
+        assert isinstance(config, dict)
+        self.identity = Identity(
+            node=node,
+            default_address=default_address,
+            docker_version=docker_version,
+            consul_node=str(config.get("NodeName") or ""),
+        )
+        context = PlanContext(
+            node=node,
+            internal=self.settings.internal,
+            explicit=self.settings.explicit,
+            host_ip=self.settings.ip,
+            default_address=default_address,
+            tags_template=self.settings.tags,
+            use_ip_from_label=self.settings.use_ip_from_label,
+            network=self.settings.network,
+            ttl=self.settings.ttl,
+        )
+        self.reconciler = Reconciler(self.docker, self.consul, context, self.settings.deregister)
+        log.info(
+            "started: node %s, Docker %s at %s, Consul at %s (node %s), default address %s",
+            node,
+            docker_version,
+            self.docker.host,
+            self.consul.endpoint,
+            self.identity.consul_node,
+            default_address or "(none)",
+        )
+        return self.identity
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; then finish in-flight work and return."""
+        if self.reconciler is None:
+            await self.start()
+        assert self.reconciler is not None
+        tasks = [
+            asyncio.create_task(self._follow_events(), name="events"),
+            asyncio.create_task(self._full_reconciles(), name="reconcile"),
+        ]
+        if self.settings.resync > 0:
+            tasks.append(asyncio.create_task(self._resync_timer(), name="resync"))
+        if self.settings.ttl > 0:
+            tasks.append(asyncio.create_task(self._ttl_heartbeats(), name="ttl"))
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopped and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stopped.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                await asyncio.wait_for(self.reconciler.idle(), timeout=4.0)
+            except TimeoutError:
+                log.warning("shutdown: in-flight reconciles did not finish within 4 s")
+            await self.reconciler.close()
+
+    def request_full_reconcile(self) -> None:
+        self._full_requested.set()
+
+    async def _full_reconciles(self) -> None:
+        """Serial full reconciles on request; retried with bounded backoff after failures."""
+        assert self.reconciler is not None
+        backoff = 0.5
+        while True:
+            await self._full_requested.wait()
+            self._full_requested.clear()
+            ok = await self.reconciler.full_reconcile()
+            self.consul_ok = ok or self.consul_ok
+            if ok:
+                backoff = 0.5
+                continue
+            await asyncio.sleep(backoff + random.uniform(0, backoff / 4))
+            backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
+            self._full_requested.set()
+
+    async def _resync_timer(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync)
+            self.request_full_reconcile()
+
+    async def _ttl_heartbeats(self) -> None:
+        assert self.reconciler is not None
+        while True:
+            await self.reconciler.heartbeat_ttl()
+            await asyncio.sleep(self.settings.ttl_refresh)
+
+    def _stream(self, state: str, message: str, *args: object) -> None:
+        if state != self._stream_state:
+            self._stream_state = state
+            (log.info if state == "up" else log.warning)(message, *args)
+
+    async def _follow_events(self) -> None:
+        assert self.reconciler is not None
+        backoff = 0.5
+        while True:
+            try:
+                async for event in self.docker.events(self._since):
+                    if event.get("Type") == "registrator":
+                        # Subscribed before listing: nothing that happens from here on can
+                        # be missed by the full reconcile that follows.
+                        self.docker_ok = True
+                        backoff = 0.5
+                        self.reconciler.forget_inspects()
+                        self.request_full_reconcile()
+                        self._stream("up", "following Docker events")
+                        continue
+                    self.reconciler.stats.events += 1
+                    time_nano = event.get("timeNano")
+                    if isinstance(time_nano, int):
+                        self._since = since_from_time_nano(time_nano)
+                    container_id = event_container_id(event)
+                    if container_id:
+                        self.reconciler.mark(container_id)
+                self._stream("closed", "Docker closed the event stream; reconnecting")
+            except DockerError as err:
+                self.docker_ok = False
+                self._stream("error", "Docker event stream failed: %s; reconnecting", err)
+            await asyncio.sleep(backoff + random.uniform(0, backoff / 4))
+            backoff = min(backoff * 2, EVENT_BACKOFF_MAX)

@@ -1,0 +1,244 @@
+"""Pure: SERVICE_CHECK_* metadata → Consul check definitions.
+
+Every check key present makes its own check (gliderlabs allowed one). Check ids are derived
+from the service id and the kind, so a resync re-sends the same id and Consul keeps the
+check's status instead of resetting it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from registrator.labels import Metadata, is_true_ignore
+from registrator.model import Check, Container, Problem
+
+DEFAULT_INTERVAL = "10s"
+SCRIPT_KIND = "script"
+DOCKER_HEALTH_KIND = "docker-health"
+TTL_HEARTBEAT_KIND = "registrator-ttl"
+
+# Go's time.ParseDuration, as Consul reads durations: "10s", "1m30s", "1.5h", "250ms".
+_DURATION = re.compile(r"^(?:0|(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$")
+_HEADER_LINE = re.compile(r"^\s*([^:\s][^:]*):\s*(.*)$")
+_INITIAL_STATUSES = frozenset({"passing", "warning", "critical"})
+
+
+def is_duration(text: str) -> bool:
+    return bool(_DURATION.match(text.strip()))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a check probes: the registered address and port of the service."""
+
+    address: str
+    port: int
+
+
+def check_id(service_id: str, kind: str) -> str:
+    return f"service:{service_id}:{kind}"
+
+
+def _host_port(target: Target) -> str:
+    host = f"[{target.address}]" if ":" in target.address else target.address
+    return f"{host}:{target.port}"
+
+
+def _url(scheme: str, value: str, target: Target) -> str:
+    if value.startswith(("http://", "https://")):
+        return value
+    path = value if value.startswith("/") else f"/{value}"
+    return f"{scheme}://{_host_port(target)}{path}"
+
+
+def _parse_headers(text: str) -> dict[str, list[str]]:
+    """JSON (`{"X-A": "1"}`, `{"X-A": ["1", "2"]}`) or `Name: value` pairs split by newline/`;`."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        data = json.loads(stripped)
+        if not isinstance(data, dict):
+            raise ValueError("header JSON must be an object")
+        headers: dict[str, list[str]] = {}
+        for key, value in data.items():
+            values = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, str) for v in values):
+                raise ValueError(f"header {key!r}: values must be strings")
+            headers[str(key)] = list(values)
+        return headers
+    headers = {}
+    for line in re.split(r"[\n;]", stripped):
+        if not line.strip():
+            continue
+        match = _HEADER_LINE.match(line)
+        if not match:
+            raise ValueError(f"{line.strip()!r} is not 'Name: value'")
+        headers.setdefault(match.group(1).strip(), []).append(match.group(2).strip())
+    return headers
+
+
+@dataclass(frozen=True)
+class ChecksResult:
+    checks: tuple[Check, ...]
+    problems: tuple[Problem, ...]
+    script: str = ""
+
+
+def build_checks(
+    metadata: Metadata,
+    service_id: str,
+    target: Target,
+    container: Container,
+    *,
+    docker_health: bool,
+    docker_health_initial: str,
+    ttl: int,
+) -> ChecksResult:
+    checks: list[Check] = []
+    problems: list[Problem] = []
+
+    def problem(key: str, reason: str) -> None:
+        problems.append(Problem(container.name, metadata.origin(key), reason))
+
+    def duration(key: str, default: str = "") -> str | None:
+        """The duration under `key`, the default if absent, or None if it is malformed."""
+        value = metadata.get(key).strip()
+        if not value:
+            return default
+        if not is_duration(value):
+            problem(key, f"{value!r} is not a duration like 10s, 1m or 500ms; check skipped")
+            return None
+        return value
+
+    # Options shared by every probing check; a malformed one drops the checks it applies to.
+    interval = duration("CHECK_INTERVAL", DEFAULT_INTERVAL)
+    timeout = duration("CHECK_TIMEOUT")
+    deregister_after = duration("CHECK_DEREGISTER_AFTER")
+    common: dict[str, object] = {}
+    common_ok = interval is not None and timeout is not None and deregister_after is not None
+    if timeout:
+        common["Timeout"] = timeout
+    if deregister_after:
+        common["DeregisterCriticalServiceAfter"] = deregister_after
+    initial = metadata.get("CHECK_INITIAL_STATUS").strip().lower()
+    if initial:
+        if initial in _INITIAL_STATUSES:
+            common["Status"] = initial
+        else:
+            problem(
+                "CHECK_INITIAL_STATUS", f"{initial!r} is not passing, warning or critical; ignored"
+            )
+    for key, field in (
+        ("CHECK_SUCCESS_BEFORE_PASSING", "SuccessBeforePassing"),
+        ("CHECK_FAILURES_BEFORE_CRITICAL", "FailuresBeforeCritical"),
+    ):
+        raw = metadata.get(key).strip()
+        if raw:
+            if raw.isdigit():
+                common[field] = int(raw)
+            else:
+                problem(key, f"{raw!r} is not a non-negative integer; ignored")
+
+    def add(kind: str, name: str, fields: dict[str, object], probing: bool = True) -> None:
+        if probing:
+            if not common_ok:
+                return
+            fields = {"Interval": interval, **common, **fields}
+        checks.append(Check(check_id(service_id, kind), name, fields))
+
+    for kind, scheme in (("HTTP", "http"), ("HTTPS", "https")):
+        value = metadata.get(f"CHECK_{kind}").strip()
+        if not value:
+            continue
+        fields: dict[str, object] = {"HTTP": _url(scheme, value, target)}
+        method = metadata.get(f"CHECK_{kind}_METHOD", metadata.get("CHECK_METHOD")).strip()
+        if method:
+            fields["Method"] = method.upper()
+        header_key = (
+            f"CHECK_{kind}_HEADER" if metadata.get(f"CHECK_{kind}_HEADER") else "CHECK_HEADER"
+        )
+        header_text = metadata.get(header_key)
+        if header_text.strip():
+            try:
+                fields["Header"] = _parse_headers(header_text)
+            except (ValueError, json.JSONDecodeError) as err:
+                problem(header_key, f"bad header ({err}); {kind} check skipped")
+                continue
+        body = metadata.get(f"CHECK_{kind}_BODY", metadata.get("CHECK_BODY"))
+        if body:
+            fields["Body"] = body
+        if is_true_ignore(metadata.get("CHECK_TLS_SKIP_VERIFY")):
+            fields["TLSSkipVerify"] = True
+        add(kind.lower(), f"{kind} {fields['HTTP']}", fields)
+
+    tcp = metadata.get("CHECK_TCP").strip()
+    if tcp and tcp.lower() not in {"false", "0", "no"}:
+        address = tcp if ":" in tcp and tcp.lower() != "true" else _host_port(target)
+        add("tcp", f"TCP {address}", {"TCP": address})
+
+    grpc = metadata.get("CHECK_GRPC").strip()
+    if grpc and grpc.lower() not in {"false", "0", "no"}:
+        service = "" if grpc.lower() in {"true", "1", "yes"} else grpc
+        address = _host_port(target) + (f"/{service}" if service else "")
+        fields = {"GRPC": address}
+        if is_true_ignore(metadata.get("CHECK_GRPC_USE_TLS")):
+            fields["GRPCUseTLS"] = True
+        add("grpc", f"gRPC {address}", fields)
+
+    ttl_value = metadata.get("CHECK_TTL").strip()
+    if ttl_value:
+        if is_duration(ttl_value):
+            fields = {"TTL": ttl_value, **{k: v for k, v in common.items() if k != "Timeout"}}
+            add("ttl", f"TTL {ttl_value} (application heartbeats)", fields, probing=False)
+        else:
+            problem("CHECK_TTL", f"{ttl_value!r} is not a duration like 30s; check skipped")
+
+    script = metadata.get("CHECK_SCRIPT").strip()
+    if script and common_ok:
+        # Run by registrator inside the container (docker exec) and reported to this TTL
+        # check, so Consul needs no enable_script_checks and no access to the container.
+        ttl_for_script = _script_ttl(interval or DEFAULT_INTERVAL)
+        fields = {"TTL": ttl_for_script, "Notes": f"registrator runs: {script}"}
+        fields.update({k: v for k, v in common.items() if k not in {"Timeout"}})
+        add(SCRIPT_KIND, "Script in container", fields, probing=False)
+    elif script:
+        script = ""
+
+    health_opt_out = metadata.get("CHECK_DOCKER_HEALTH").strip().lower() in {"false", "0", "no"}
+    if docker_health and container.health and not health_opt_out:
+        add(
+            DOCKER_HEALTH_KIND,
+            "Docker HEALTHCHECK",
+            {
+                # The agent reports every transition; the TTL only catches a dead agent.
+                "TTL": "24h",
+                "Status": docker_health_initial,
+                "Notes": "mirrors the container's Docker HEALTHCHECK",
+            },
+            probing=False,
+        )
+
+    if ttl > 0:
+        add(
+            TTL_HEARTBEAT_KIND,
+            "registrator heartbeat",
+            {"TTL": f"{ttl}s", "Status": "passing"},
+            probing=False,
+        )
+    return ChecksResult(tuple(checks), tuple(problems), script)
+
+
+def _script_ttl(interval: str) -> str:
+    """Three missed script runs before Consul gives up on the agent reporting."""
+    seconds = duration_seconds(interval)
+    return f"{max(3 * seconds, 30):g}s"
+
+
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a Go duration already accepted by `is_duration`."""
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))

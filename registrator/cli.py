@@ -1,0 +1,136 @@
+"""Entry point: argv + environment → Settings, logging, run the agent, exit codes.
+
+Exit codes: 0 after a clean shutdown, 1 when Docker or Consul never answered at startup,
+2 for a configuration error (one line on stderr naming the option).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from registrator import __version__
+from registrator.agent import Agent, StartupError
+from registrator.consul import ConsulClient, ssl_context
+from registrator.docker import DockerClient
+from registrator.settings import ConfigError, LogFormat, Settings, parse_args, usage
+
+log = logging.getLogger("registrator")
+
+EXIT_OK = 0
+EXIT_STARTUP = 1
+EXIT_CONFIG = 2
+
+# gliderlabs' documented mount point; its stack files (and the seed's) use it.
+GLIDERLABS_SOCKET = "/tmp/docker.sock"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format is LogFormat.JSON:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    # aiohttp logs every unclosed connection at ERROR during shutdown races; ours are closed.
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+def resolve_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """Fill what depends on the filesystem: token file, gliderlabs' socket path."""
+    if (
+        "DOCKER_HOST" not in environ
+        and not Path("/var/run/docker.sock").exists()
+        and Path(GLIDERLABS_SOCKET).exists()
+    ):
+        settings = replace(settings, docker_host=f"unix://{GLIDERLABS_SOCKET}")
+    if settings.consul_token_file and not settings.consul_token:
+        try:
+            token = Path(settings.consul_token_file).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ConfigError(f"CONSUL_HTTP_TOKEN_FILE: cannot read: {err.strerror}") from None
+        if not token:
+            raise ConfigError("CONSUL_HTTP_TOKEN_FILE: file is empty")
+        settings = replace(settings, consul_token=token)
+    for name, path in (
+        ("CONSUL_CACERT", settings.consul_cacert),
+        ("CONSUL_CLIENT_CERT", settings.consul_client_cert),
+        ("CONSUL_CLIENT_KEY", settings.consul_client_key),
+    ):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name}: no such file: {path}")
+    return settings
+
+
+async def run_agent(settings: Settings) -> int:
+    tls = None
+    if settings.consul.scheme == "https":
+        if not settings.consul_ssl_verify:
+            log.warning("CONSUL_HTTP_SSL_VERIFY=false: Consul's certificate is NOT verified")
+        tls = ssl_context(
+            settings.consul_cacert,
+            settings.consul_client_cert,
+            settings.consul_client_key,
+            settings.consul_ssl_verify,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with (
+        DockerClient(settings.docker_host) as docker,
+        ConsulClient(settings.consul, token=settings.consul_token, ssl_context=tls) as consul,
+    ):
+        agent = Agent(settings, docker, consul)
+        try:
+            await agent.start()
+        except StartupError as err:
+            log.error("giving up: %s", err)
+            return EXIT_STARTUP
+        await agent.run(stop)
+    log.info("stopped")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    env = os.environ if environ is None else environ
+    try:
+        command = parse_args(args, env)
+        if command.action == "help":
+            print(usage())
+            return EXIT_OK
+        if command.action == "version":
+            print(f"registrator {__version__}")
+            return EXIT_OK
+        settings = resolve_environment(command.settings, env)
+    except ConfigError as err:
+        print(f"registrator: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings)
+    try:
+        return asyncio.run(run_agent(settings))
+    except KeyboardInterrupt:
+        return EXIT_OK

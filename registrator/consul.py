@@ -1,0 +1,183 @@
+"""A small typed client for the Consul agent HTTP API (aiohttp + tenacity).
+
+Only agent endpoints: registrations belong to the local agent (it runs the checks and
+anti-entropy syncs them to the catalog), and each of them exists since Consul 1.0, so any
+Consul >= 1.10 works. Transient failures (connection refused, timeouts, 5xx) are retried a
+few times with backoff; 4xx answers are never retried, since sending the same request again
+cannot change Consul's mind.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from registrator.settings import ConsulEndpoint
+
+
+class ConsulError(Exception):
+    """A failed Consul call. `transient` errors are worth retrying later."""
+
+    def __init__(self, message: str, status: int | None = None, transient: bool = True):
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+
+
+def _is_transient(err: BaseException) -> bool:
+    return isinstance(err, ConsulError) and err.transient
+
+
+class ConsulClient:
+    def __init__(
+        self,
+        endpoint: ConsulEndpoint,
+        *,
+        token: str = "",
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 10.0,
+        attempts: int = 3,
+    ) -> None:
+        self.endpoint = endpoint
+        self._token = token
+        self._ssl = ssl_context
+        self._timeout = timeout
+        self._attempts = attempts
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0  # answered or failed HTTP exchanges, for metrics and benchmarks
+        self.writes = 0
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector: aiohttp.BaseConnector
+            if self.endpoint.scheme == "unix":
+                connector = aiohttp.UnixConnector(path=self.endpoint.socket_path)
+            else:
+                connector = aiohttp.TCPConnector(limit=32, ssl=self._ssl if self._ssl else True)
+            headers = {"X-Consul-Token": self._token} if self._token else {}
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> ConsulClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _once(
+        self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None
+    ) -> Any:
+        url = f"{self.endpoint.base_url}{path}"
+        self.requests += 1
+        if method != "GET":
+            self.writes += 1
+        try:
+            async with self._client().request(method, url, json=body, params=params) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise ConsulError(
+                        f"{method} {path}: HTTP {resp.status}: {text.strip()[:300]}",
+                        status=resp.status,
+                        transient=resp.status >= 500 or resp.status == 429,
+                    )
+                if not text.strip():
+                    return None
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    raise ConsulError(
+                        f"{method} {path}: answer is not JSON: {text[:100]!r}"
+                    ) from None
+        except (aiohttp.ClientError, OSError) as err:
+            raise ConsulError(f"{method} {path}: {type(err).__name__}: {err}") from err
+        except TimeoutError as err:
+            raise ConsulError(f"{method} {path}: no answer within {self._timeout:g} s") from err
+
+    async def _call(
+        self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None
+    ) -> Any:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            retry=retry_if_exception(_is_transient),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._once(method, path, body, params)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def agent_self(self) -> dict[str, Any]:
+        answer = await self._call("GET", "/v1/agent/self")
+        if not isinstance(answer, dict):
+            raise ConsulError("GET /v1/agent/self: unexpected answer")
+        return answer
+
+    async def services(self) -> dict[str, dict[str, Any]]:
+        answer = await self._call("GET", "/v1/agent/services")
+        if not isinstance(answer, dict):
+            raise ConsulError("GET /v1/agent/services: unexpected answer")
+        return {k: v for k, v in answer.items() if isinstance(v, dict)}
+
+    async def register(self, body: Mapping[str, Any]) -> None:
+        # replace-existing-checks: the registration is whole, so a check removed from the
+        # labels disappears from Consul instead of lingering.
+        await self._call(
+            "PUT",
+            "/v1/agent/service/register",
+            body=dict(body),
+            params={"replace-existing-checks": "true"},
+        )
+
+    async def deregister(self, service_id: str) -> None:
+        try:
+            await self._call("PUT", f"/v1/agent/service/deregister/{quote(service_id, safe='')}")
+        except ConsulError as err:
+            # Already gone is what we wanted; Consul says 404 (older versions: 500 "Unknown").
+            if err.status == 404 or "Unknown service" in str(err):
+                return
+            raise
+
+    async def update_check(self, check_id: str, status: str, output: str) -> None:
+        await self._call(
+            "PUT",
+            f"/v1/agent/check/update/{quote(check_id, safe='')}",
+            body={"Status": status, "Output": output[-4096:]},
+        )
+
+    async def service_maintenance(self, service_id: str, enable: bool, reason: str) -> None:
+        await self._call(
+            "PUT",
+            f"/v1/agent/service/maintenance/{quote(service_id, safe='')}",
+            params={"enable": "true" if enable else "false", "reason": reason},
+        )
+
+
+def ssl_context(cacert: str, client_cert: str, client_key: str, verify: bool) -> ssl.SSLContext:
+    """TLS settings as the consul CLI reads them from CONSUL_CACERT & co."""
+    context = ssl.create_default_context(cafile=cacert or None)
+    if client_cert:
+        context.load_cert_chain(client_cert, client_key or None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

@@ -1,0 +1,134 @@
+"""Pure: a `docker inspect` JSON document → Container.
+
+Docker's answers vary across API versions and can be partial (a container being removed,
+an engine under load), so every field is read defensively: a missing or mistyped field becomes
+its empty value, and only a document without an id is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from registrator.model import Container, ContainerPort, NetworkAttachment, PortBinding
+
+
+class InspectError(ValueError):
+    """The Docker answer cannot describe a container at all."""
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def parse_env(entries: Any) -> dict[str, str]:
+    """`["A=1", "B"]` → `{"A": "1"}`; later duplicates win, as in the process environment."""
+    env: dict[str, str] = {}
+    if not isinstance(entries, list):
+        return env
+    for entry in entries:
+        if isinstance(entry, str) and "=" in entry:
+            key, _, value = entry.partition("=")
+            env[key] = value
+    return env
+
+
+def _parse_port_key(key: str) -> tuple[int, str] | None:
+    number, _, protocol = key.partition("/")
+    try:
+        port = int(number)
+    except ValueError:
+        return None
+    if not 0 < port < 65536:
+        return None
+    return port, (protocol or "tcp").lower()
+
+
+def _parse_bindings(raw: Any) -> tuple[PortBinding, ...]:
+    if not isinstance(raw, list):
+        return ()
+    bindings: list[PortBinding] = []
+    for item in raw:
+        item = _dict(item)
+        try:
+            host_port = int(_str(item.get("HostPort")) or 0)
+        except ValueError:
+            continue
+        if host_port <= 0:
+            continue
+        binding = PortBinding(host_ip=_str(item.get("HostIp")), host_port=host_port)
+        if binding not in bindings:
+            bindings.append(binding)
+    return tuple(bindings)
+
+
+def _parse_ports(
+    config: Mapping[str, Any], settings: Mapping[str, Any]
+) -> tuple[ContainerPort, ...]:
+    # Exposed ports come from the image/config; published ones from the live network
+    # settings (only those carry the host port Docker actually picked).
+    keys: dict[tuple[int, str], tuple[PortBinding, ...]] = {}
+    for key in _dict(config.get("ExposedPorts")):
+        parsed = _parse_port_key(key)
+        if parsed:
+            keys.setdefault(parsed, ())
+    for key, raw in _dict(settings.get("Ports")).items():
+        parsed = _parse_port_key(key)
+        if parsed:
+            keys[parsed] = _parse_bindings(raw) or keys.get(parsed, ())
+    return tuple(
+        ContainerPort(port=port, protocol=protocol, bindings=bindings)
+        for (port, protocol), bindings in sorted(keys.items())
+    )
+
+
+def _parse_networks(settings: Mapping[str, Any]) -> tuple[NetworkAttachment, ...]:
+    networks: list[NetworkAttachment] = []
+    for name, raw in sorted(_dict(settings.get("Networks")).items()):
+        raw = _dict(raw)
+        networks.append(
+            NetworkAttachment(
+                name=name, ip=_str(raw.get("IPAddress")), network_id=_str(raw.get("NetworkID"))
+            )
+        )
+    return tuple(networks)
+
+
+def parse_container(data: Any) -> Container:
+    """Turn one `GET /containers/{id}/json` answer into a Container."""
+    doc = _dict(data)
+    container_id = _str(doc.get("Id"))
+    if not container_id:
+        raise InspectError("inspect answer has no Id")
+    config = _dict(doc.get("Config"))
+    state = _dict(doc.get("State"))
+    host_config = _dict(doc.get("HostConfig"))
+    settings = _dict(doc.get("NetworkSettings"))
+    health = _dict(state.get("Health"))
+    log = health.get("Log")
+    last_output = ""
+    if isinstance(log, list) and log:
+        last_output = _str(_dict(log[-1]).get("Output"))
+    labels = {k: v for k, v in _dict(config.get("Labels")).items() if isinstance(v, str)}
+    exit_code = state.get("ExitCode")
+    return Container(
+        id=container_id,
+        name=_str(doc.get("Name")).lstrip("/") or container_id[:12],
+        image=_str(config.get("Image")) or _str(doc.get("Image")),
+        hostname=_str(config.get("Hostname")),
+        labels=labels,
+        env=parse_env(config.get("Env")),
+        ports=_parse_ports(config, settings),
+        networks=_parse_networks(settings),
+        network_mode=_str(host_config.get("NetworkMode")) or "default",
+        running=state.get("Running") is True,
+        paused=state.get("Paused") is True,
+        restarting=state.get("Restarting") is True,
+        exit_code=exit_code if isinstance(exit_code, int) else 0,
+        health=_str(health.get("Status")) or None,
+        health_output=last_output,
+    )

@@ -1,0 +1,138 @@
+"""Values that flow between the pure core and the I/O shell.
+
+Everything here is a frozen dataclass: the planner compares values, never identities, and a
+value read from Docker can be handed to several reconciles without anyone changing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+OWNER_SOURCE = "registrator"
+META_SOURCE = "external-source"
+META_NODE = "registrator-node"
+META_CONTAINER = "registrator-container"
+META_HASH = "registrator-hash"
+OWNER_META_KEYS = frozenset({META_SOURCE, META_NODE, META_CONTAINER, META_HASH})
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    """One host binding of a container port (`-p HOSTIP:HOSTPORT:PORT`)."""
+
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    """A port the container exposes, with where (if anywhere) it is published."""
+
+    port: int
+    protocol: str  # "tcp" | "udp" | "sctp"
+    bindings: tuple[PortBinding, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    name: str
+    ip: str
+    network_id: str = ""
+
+
+@dataclass(frozen=True)
+class Container:
+    """What the planner needs of one `docker inspect` answer."""
+
+    id: str
+    name: str
+    image: str
+    hostname: str
+    labels: Mapping[str, str]
+    env: Mapping[str, str]
+    ports: tuple[ContainerPort, ...]
+    networks: tuple[NetworkAttachment, ...]
+    network_mode: str
+    running: bool
+    paused: bool
+    restarting: bool
+    exit_code: int
+    health: str | None = None
+    health_output: str = ""
+
+
+class Severity(Enum):
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something about a container's metadata that we could not honour, and why.
+
+    Carried as data so the planner stays pure and the shell decides how (and how often)
+    to log it.
+    """
+
+    container: str
+    key: str
+    reason: str
+    severity: Severity = Severity.WARNING
+
+    def __str__(self) -> str:
+        return f"container {self.container}: {self.key}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One Consul check definition, already in Consul's JSON field names.
+
+    `fields` holds the kind-specific keys (HTTP, TCP, TTL, Interval, ...); keeping them as
+    Consul spells them means the payload layer needs no per-kind code.
+    """
+
+    check_id: str
+    name: str
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One desired Consul service registration."""
+
+    id: str
+    name: str
+    address: str
+    port: int
+    tags: tuple[str, ...]
+    meta: Mapping[str, str]
+    container_id: str
+    container_name: str
+    checks: tuple[Check, ...] = ()
+    connect: Mapping[str, object] | None = None
+    # Command registrator itself runs in the container for the script check (not sent).
+    script: str = ""
+
+
+@dataclass(frozen=True)
+class HeldService:
+    """What we know Consul holds for one of our services."""
+
+    id: str
+    container_id: str
+    payload_hash: str
+    name: str = ""
+    address: str = ""
+    port: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    register: tuple[Service, ...] = ()
+    deregister: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.register and not self.deregister

@@ -1,0 +1,360 @@
+"""Pure: containers → desired Services; desired vs held → Plan.
+
+No I/O here. Everything the planner needs from outside (node name, the default address,
+options) arrives in a PlanContext, and everything it cannot honour leaves as a Problem.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from registrator import checks as checks_mod
+from registrator.labels import (
+    Metadata,
+    expand_template,
+    is_true_ignore,
+    parse_tags,
+    problems_with_keys,
+    service_meta,
+    service_metadata,
+    unique,
+)
+from registrator.model import (
+    META_CONTAINER,
+    META_NODE,
+    META_SOURCE,
+    OWNER_SOURCE,
+    Container,
+    ContainerPort,
+    HeldService,
+    NetworkAttachment,
+    Plan,
+    PortBinding,
+    Problem,
+    Service,
+)
+from registrator.payload import payload_hash
+from registrator.settings import DeregisterMode
+
+LABEL_SWARM_SERVICE = "com.docker.swarm.service.name"
+LABEL_STACK_NAMESPACE = "com.docker.stack.namespace"
+LABEL_COMPOSE_SERVICE = "com.docker.compose.service"
+INGRESS_NETWORK = "ingress"
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    node: str
+    internal: bool = False
+    explicit: bool = False
+    host_ip: str = ""  # -ip: the address for published ports, when given
+    default_address: str = ""  # the node's address when nothing more specific is known
+    tags_template: str = ""
+    use_ip_from_label: str = ""
+    network: str = ""
+    ttl: int = 0
+    docker_health: bool = True
+    docker_health_initial: str = "critical"
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    services: tuple[Service, ...]
+    problems: tuple[Problem, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    """One port to register: which container port it is, and where clients reach it."""
+
+    container_port: int
+    protocol: str
+    address: str
+    port: int
+
+
+@dataclass
+class _Problems:
+    container: str
+    items: list[Problem] = field(default_factory=list)
+
+    def add(self, key: str, reason: str) -> None:
+        self.items.append(Problem(self.container, key, reason))
+
+
+def default_service_name(container: Container) -> str:
+    """Swarm service (stack prefix removed), else compose service, else image base name."""
+    swarm = container.labels.get(LABEL_SWARM_SERVICE, "")
+    if swarm:
+        namespace = container.labels.get(LABEL_STACK_NAMESPACE, "")
+        if namespace and swarm.startswith(f"{namespace}_"):
+            return swarm[len(namespace) + 1 :]
+        return swarm
+    compose = container.labels.get(LABEL_COMPOSE_SERVICE, "")
+    if compose:
+        return compose
+    return image_base_name(container.image) or container.name
+
+
+def image_base_name(image: str) -> str:
+    """`registry:5000/org/app:1.2@sha256:…` → `app`; an image id gives ""."""
+    ref = image.split("@", 1)[0]
+    if ref.startswith("sha256:") or _is_hex_id(ref):
+        return ""
+    last = ref.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0]
+
+
+def _is_hex_id(text: str) -> bool:
+    return len(text) >= 12 and all(c in "0123456789abcdef" for c in text)
+
+
+def keeps_registrations(container: Container, mode: DeregisterMode) -> bool:
+    """-deregister on-success: a container that failed by itself keeps its services.
+
+    Exit codes above 128 mean "killed by signal 128+n" (docker stop, OOM kill): that is an
+    operator's or the kernel's decision, not the application failing, so it deregisters.
+    """
+    if mode is not DeregisterMode.ON_SUCCESS or container.running:
+        return False
+    return 0 < container.exit_code <= 128
+
+
+def choose_network(
+    container: Container, preferred: str, problems: _Problems
+) -> NetworkAttachment | None:
+    attached = [n for n in container.networks if n.ip]
+    if preferred:
+        for network in attached:
+            if network.name == preferred:
+                return network
+        problems.add(
+            "SERVICE_NETWORK / REGISTRATOR_NETWORK",
+            f"container is not on network {preferred!r} "
+            f"(it is on: {', '.join(n.name for n in attached) or 'none'}); choosing another",
+        )
+    candidates = [n for n in attached if n.name != INGRESS_NETWORK]
+    if not candidates:
+        return None
+    if len(candidates) > 1:
+        chosen = sorted(candidates, key=lambda n: n.name)[0]
+        problems.add(
+            "SERVICE_NETWORK",
+            f"container is on several networks ({', '.join(sorted(n.name for n in candidates))}); "
+            f"registering its address on {chosen.name!r}, the first by name; set SERVICE_NETWORK "
+            "or REGISTRATOR_NETWORK to choose",
+        )
+        return chosen
+    return candidates[0]
+
+
+def _endpoints(
+    container: Container, ctx: PlanContext, base: Metadata, problems: _Problems
+) -> list[_Endpoint]:
+    host_address = ctx.host_ip or ctx.default_address
+    if container.network_mode == "host":
+        return [_Endpoint(p.port, p.protocol, host_address, p.port) for p in container.ports]
+    if ctx.internal:
+        network = choose_network(container, base.get("NETWORK") or ctx.network, problems)
+        if network is None:
+            if container.ports:
+                problems.add("-internal", "container has no address on any network; not registered")
+            return []
+        return [_Endpoint(p.port, p.protocol, network.ip, p.port) for p in container.ports]
+    endpoints = []
+    for port in container.ports:
+        binding = _pick_binding(port)
+        if binding is None:
+            continue
+        address = ctx.host_ip or (
+            binding.host_ip if _is_specific(binding.host_ip) else ctx.default_address
+        )
+        endpoints.append(_Endpoint(port.port, port.protocol, address, binding.host_port))
+    return endpoints
+
+
+def _pick_binding(port: ContainerPort) -> PortBinding | None:
+    """Docker lists a 0.0.0.0 and a :: binding for one `-p`; one registration serves both.
+
+    A specific IPv4 binding is the most deliberate choice, then any IPv4, then IPv6.
+    """
+
+    def rank(binding: PortBinding) -> int:
+        if ":" in binding.host_ip:
+            return 2
+        return 0 if _is_specific(binding.host_ip) else 1
+
+    return min(port.bindings, key=rank, default=None)
+
+
+def _is_specific(host_ip: str) -> bool:
+    return host_ip not in {"", "0.0.0.0", "::"}
+
+
+def _synthetic_endpoint(
+    container: Container, ctx: PlanContext, base: Metadata, problems: _Problems
+) -> list[_Endpoint]:
+    """SERVICE_PORT on a container with no usable ports: register that port."""
+    raw = base.get("PORT").strip()
+    if not raw:
+        return []
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        problems.add(base.origin("PORT"), f"{raw!r} is not a port number (1-65535); ignored")
+        return []
+    port = int(raw)
+    if container.network_mode == "host":
+        address = ctx.host_ip or ctx.default_address
+    else:
+        network = choose_network(container, base.get("NETWORK") or ctx.network, problems)
+        if network is None:
+            problems.add(base.origin("PORT"), "container has no network address; not registered")
+            return []
+        address = network.ip
+    return [_Endpoint(port, "tcp", address, port)]
+
+
+def _address_from_label(container: Container, ctx: PlanContext, problems: _Problems) -> str:
+    if not ctx.use_ip_from_label:
+        return ""
+    raw = container.labels.get(ctx.use_ip_from_label, "").strip()
+    if not raw:
+        return ""
+    # gliderlabs accepted CIDR notation here (e.g. from IPAM labels); keep the address part.
+    candidate = raw.split("/", 1)[0]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        problems.add(f"label {ctx.use_ip_from_label}", f"{raw!r} is not an IP address; ignored")
+        return ""
+
+
+def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
+    """The services this container should have in Consul right now."""
+    if not container.running or container.paused or container.restarting:
+        return ContainerPlan(())
+    problems = _Problems(container.name, list(problems_with_keys(container)))
+    base = service_metadata(container, None)
+    if is_true_ignore(base.get("IGNORE")):
+        return ContainerPlan((), tuple(problems.items))
+
+    endpoints = _endpoints(container, ctx, base, problems) or _synthetic_endpoint(
+        container, ctx, base, problems
+    )
+    label_address = _address_from_label(container, ctx, problems)
+    default_name = default_service_name(container)
+    global_tags = parse_tags(expand_template(ctx.tags_template, container, ctx.node))
+
+    services: list[Service] = []
+    seen_ids: set[str] = set()
+    for endpoint in endpoints:
+        metadata = service_metadata(container, endpoint.container_port)
+        if is_true_ignore(metadata.get("IGNORE")):
+            continue
+        if ctx.explicit and not metadata.get("NAME").strip():
+            continue
+        service = _service(
+            container,
+            ctx,
+            metadata,
+            endpoint,
+            len(endpoints) > 1,
+            default_name,
+            global_tags,
+            label_address,
+            problems,
+        )
+        if service is None:
+            continue
+        if service.id in seen_ids:
+            problems.add(metadata.origin("ID"), f"service id {service.id!r} used twice; skipped")
+            continue
+        seen_ids.add(service.id)
+        services.append(service)
+    return ContainerPlan(tuple(services), tuple(problems.items))
+
+
+def _service(
+    container: Container,
+    ctx: PlanContext,
+    metadata: Metadata,
+    endpoint: _Endpoint,
+    several: bool,
+    default_name: str,
+    global_tags: list[str],
+    label_address: str,
+    problems: _Problems,
+) -> Service | None:
+    udp = endpoint.protocol == "udp"
+    suffix = f"{endpoint.container_port}" + (":udp" if udp else "")
+
+    name = metadata.get("NAME").strip() or default_name
+    if several and "NAME" not in metadata.port_scoped:
+        name = f"{name}-{endpoint.container_port}"
+
+    service_id = metadata.get("ID").strip()
+    if service_id and several and "ID" not in metadata.port_scoped:
+        # A container-wide SERVICE_ID on several ports would make every port overwrite the
+        # previous one in Consul; suffixing keeps each registration distinct.
+        service_id = f"{service_id}:{suffix}"
+    if not service_id:
+        service_id = f"{ctx.node}:{container.name}:{suffix}"
+
+    address = label_address or endpoint.address
+    if not address:
+        problems.add(
+            "address", "no address known for this service (set -ip or REGISTRATOR_IP); skipped"
+        )
+        return None
+
+    tags = parse_tags(metadata.get("TAGS")) + global_tags + (["udp"] if udp else [])
+    meta, meta_problems = service_meta(metadata, container)
+    problems.items.extend(meta_problems)
+    meta.update({META_SOURCE: OWNER_SOURCE, META_NODE: ctx.node, META_CONTAINER: container.id})
+    built = checks_mod.build_checks(
+        metadata,
+        service_id,
+        checks_mod.Target(address, endpoint.port),
+        container,
+        docker_health=ctx.docker_health,
+        docker_health_initial=ctx.docker_health_initial,
+        ttl=ctx.ttl,
+    )
+    problems.items.extend(built.problems)
+    return Service(
+        id=service_id,
+        name=name,
+        address=address,
+        port=endpoint.port,
+        tags=tuple(unique(tags)),
+        meta=meta,
+        container_id=container.id,
+        container_name=container.name,
+        checks=built.checks,
+        script=built.script,
+    )
+
+
+def plan_changes(
+    desired: Iterable[Service], held: Mapping[str, HeldService], keep: bool = False
+) -> Plan:
+    """What to write so Consul holds `desired` for one container (or for all of them)."""
+    if keep:
+        return Plan()
+    wanted = {service.id: service for service in desired}
+    register = tuple(
+        service for service in wanted.values() if not _matches(held.get(service.id), service)
+    )
+    deregister = tuple(sorted(service_id for service_id in held if service_id not in wanted))
+    return Plan(register=register, deregister=deregister)
+
+
+def _matches(held: HeldService | None, service: Service) -> bool:
+    return (
+        held is not None
+        and held.payload_hash == payload_hash(service)
+        and held.name == service.name
+        and held.address == service.address
+        and held.port == service.port
+    )

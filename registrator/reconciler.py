@@ -1,0 +1,434 @@
+"""Applies Plans: reads the truth from Docker, diffs it with what Consul holds, writes the rest.
+
+Level-triggered: callers only say "this container may have changed" (`mark`) or "check
+everything" (`full_reconcile`). Work on one container is serialised by a per-container lock;
+different containers proceed concurrently. One service failing never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shlex
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from registrator import checks as checks_mod
+from registrator.consul import ConsulClient, ConsulError
+from registrator.containers import InspectError, parse_container
+from registrator.docker import DockerClient, DockerError
+from registrator.model import META_HASH, Container, HeldService, Plan, Service
+from registrator.payload import held_from_agent, held_from_service, payload_hash, registration
+from registrator.planner import PlanContext, desired_services, keeps_registrations, plan_changes
+from registrator.settings import DeregisterMode
+
+log = logging.getLogger(__name__)
+
+FULL_RECONCILE_CONCURRENCY = 16
+_HEALTH_TO_CONSUL = {"healthy": "passing", "unhealthy": "critical"}
+
+
+@dataclass
+class Stats:
+    """Counters the metrics endpoint and the benchmarks read."""
+
+    events: int = 0
+    container_reconciles: int = 0
+    full_reconciles: int = 0
+    registrations: int = 0
+    deregistrations: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    last_full_seconds: float = 0.0
+
+
+class KeyedLock:
+    """One asyncio.Lock per key, dropped when nobody holds or waits for it.
+
+    Containers come and go by the thousand on a busy host; a plain dict of locks would
+    only grow.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+@dataclass
+class _CachedInspect:
+    state: str
+    container: Container
+
+
+class Reconciler:
+    def __init__(
+        self,
+        docker: DockerClient,
+        consul: ConsulClient,
+        context: PlanContext,
+        deregister_mode: DeregisterMode = DeregisterMode.ALWAYS,
+    ) -> None:
+        self.docker = docker
+        self.consul = consul
+        self.context = context
+        self.deregister_mode = deregister_mode
+        self.stats = Stats()
+        # container id → service id → what Consul holds for it (as far as we know).
+        self.held: dict[str, dict[str, HeldService]] = {}
+        # service id → the Service we registered, for check updates and script runners.
+        self.registered: dict[str, Service] = {}
+        self.synced = False  # the first full reconcile has completed
+        self.retry_needed = False  # a transient failure left work undone
+        self._locks = KeyedLock()
+        self._dirty: set[str] = set()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._inspect_cache: dict[str, _CachedInspect] = {}
+        self._reported_problems: dict[str, frozenset[str]] = {}
+        # service id → (payload hash, Consul's reason) of registrations Consul refused.
+        self._rejections: dict[str, tuple[str, str]] = {}
+        self._check_status: dict[str, tuple[str, str]] = {}
+        self._script_tasks: dict[str, asyncio.Task[None]] = {}
+        self._full_lock = asyncio.Lock()
+
+    # --- triggers -------------------------------------------------------------------------
+
+    def mark(self, container_id: str) -> None:
+        """Something happened to this container: reconcile it soon (coalesced, serialised)."""
+        self._inspect_cache.pop(container_id, None)
+        self._dirty.add(container_id)
+        if container_id not in self._workers:
+            self._workers[container_id] = asyncio.create_task(self._drain(container_id))
+
+    async def _drain(self, container_id: str) -> None:
+        try:
+            while container_id in self._dirty:
+                self._dirty.discard(container_id)
+                await self.reconcile_container(container_id, force_inspect=True)
+        finally:
+            self._workers.pop(container_id, None)
+
+    async def idle(self) -> None:
+        """Wait until every marked container has been reconciled (for shutdown and tests)."""
+        while self._workers:
+            await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+
+    def forget_inspects(self) -> None:
+        """After a Docker reconnect: events may have been missed, so trust nothing cached."""
+        self._inspect_cache.clear()
+
+    # --- reconcile ------------------------------------------------------------------------
+
+    async def reconcile_container(self, container_id: str, force_inspect: bool = True) -> None:
+        async with self._locks.hold(container_id):
+            await self._reconcile_locked(container_id, None, force_inspect)
+
+    async def full_reconcile(self) -> bool:
+        """Compare every container with everything this node owns in Consul and fix it.
+
+        Returns False if Docker or Consul could not be read (nothing was changed then).
+        """
+        async with self._full_lock:
+            started = time.monotonic()
+            try:
+                listed = await self.docker.list_containers()
+                entries = await self.consul.services()
+            except DockerError as err:
+                self._error("docker", f"full reconcile: cannot list containers: {err}")
+                self.retry_needed = True
+                return False
+            except ConsulError as err:
+                self._error("consul", f"full reconcile: cannot list Consul services: {err}")
+                self.retry_needed = True
+                return False
+            self.retry_needed = False
+
+            fresh: dict[str, dict[str, HeldService]] = {}
+            for entry in entries.values():
+                held = held_from_agent(entry, self.context.node)
+                if held is not None:
+                    fresh.setdefault(held.container_id, {})[held.id] = held
+            states = {str(item["Id"]): str(item.get("State", "")) for item in listed}
+            container_ids = set(states) | set(fresh) | set(self.held)
+            semaphore = asyncio.Semaphore(FULL_RECONCILE_CONCURRENCY)
+
+            async def one(container_id: str) -> None:
+                async with semaphore, self._locks.hold(container_id):
+                    self.held[container_id] = dict(fresh.get(container_id, {}))
+                    # A container missing from the list may have been created after it:
+                    # inspect to tell "gone" from "new" instead of deregistering it.
+                    state = states.get(container_id)
+                    await self._reconcile_locked(container_id, state, force_inspect=state is None)
+
+            await asyncio.gather(*(one(cid) for cid in container_ids))
+            for container_id in [cid for cid, held in self.held.items() if not held]:
+                self.held.pop(container_id, None)
+            self.stats.full_reconciles += 1
+            self.stats.last_full_seconds = time.monotonic() - started
+            self.synced = True
+            return not self.retry_needed
+
+    async def _container(
+        self, container_id: str, list_state: str | None, force_inspect: bool
+    ) -> Container | None:
+        # Exited/created containers need a look only if they hold services and might keep
+        # them (-deregister on-success needs the exit code).
+        if (
+            list_state is not None
+            and list_state not in {"running", "paused", "restarting"}
+            and (not self.held.get(container_id) or self.deregister_mode is DeregisterMode.ALWAYS)
+        ):
+            self._inspect_cache.pop(container_id, None)
+            return None
+        cached = self._inspect_cache.get(container_id)
+        if cached is not None and not force_inspect and cached.state == list_state:
+            return cached.container
+        document = await self.docker.inspect(container_id)
+        if document is None:
+            self._inspect_cache.pop(container_id, None)
+            return None
+        try:
+            container = parse_container(document)
+        except InspectError as err:
+            self._error("docker", f"container {container_id[:12]}: {err}")
+            return None
+        state = _list_state(container)
+        self._inspect_cache[container_id] = _CachedInspect(state, container)
+        return container
+
+    async def _reconcile_locked(
+        self, container_id: str, list_state: str | None, force_inspect: bool
+    ) -> None:
+        self.stats.container_reconciles += 1
+        try:
+            container = await self._container(container_id, list_state, force_inspect)
+        except DockerError as err:
+            self._error("docker", f"container {container_id[:12]}: inspect failed: {err}")
+            self.retry_needed = True
+            return
+        held = self.held.get(container_id, {})
+        desired: tuple[Service, ...] = ()
+        keep = False
+        if container is not None:
+            keep = keeps_registrations(container, self.deregister_mode)
+            if not keep:
+                result = desired_services(container, self.context)
+                desired = result.services
+                self._report_problems(container, [str(p) for p in result.problems])
+        else:
+            self._reported_problems.pop(container_id, None)
+        plan = plan_changes(desired, held, keep)
+        if not plan.empty:
+            await self._apply(container_id, container, plan)
+        for service in desired:
+            if service.id in self.held.get(container_id, {}):
+                self.registered[service.id] = service
+        if container is not None:
+            await self._mirror_health(container, desired)
+        self._sync_script_runners()
+
+    async def _apply(self, container_id: str, container: Container | None, plan: Plan) -> None:
+        held = self.held.setdefault(container_id, {})
+        name = container.name if container else container_id[:12]
+        for service in plan.register:
+            body = registration(service)
+            rejected = self._rejections.get(service.id)
+            if rejected is not None and rejected[0] == body["Meta"][META_HASH]:
+                continue  # Consul refused exactly this before; resending cannot help.
+            reason = "changed" if service.id in held else "new"
+            try:
+                await self.consul.register(body)
+            except ConsulError as err:
+                if err.transient:
+                    self._error("consul", f"register {service.id}: {err}")
+                    self.retry_needed = True
+                else:
+                    self._reject(service, err)
+                continue
+            self._rejections.pop(service.id, None)
+            held[service.id] = held_from_service(service)
+            for check in service.checks:
+                self._check_status.pop(check.check_id, None)
+            self.stats.registrations += 1
+            log.info(
+                "registered %s (service %s at %s:%d) for container %s: %s",
+                service.id,
+                service.name,
+                service.address,
+                service.port,
+                name,
+                reason,
+            )
+        for service_id in plan.deregister:
+            try:
+                await self.consul.deregister(service_id)
+            except ConsulError as err:
+                self._error("consul", f"deregister {service_id}: {err}")
+                self.retry_needed = True
+                continue
+            held.pop(service_id, None)
+            old = self.registered.pop(service_id, None)
+            for check in old.checks if old else ():
+                self._check_status.pop(check.check_id, None)
+            self._rejections.pop(service_id, None)
+            self.stats.deregistrations += 1
+            why = "container gone" if container is None else _state_word(container)
+            log.info("deregistered %s for container %s: %s", service_id, name, why)
+        if not held:
+            self.held.pop(container_id, None)
+
+    # --- checks driven by the agent -------------------------------------------------------
+
+    async def _mirror_health(self, container: Container, services: Iterable[Service]) -> None:
+        status = _HEALTH_TO_CONSUL.get(container.health or "")
+        if status is None:
+            return  # "starting": keep the initial status the check was registered with
+        for service in services:
+            for check in service.checks:
+                if check.check_id.endswith(f":{checks_mod.DOCKER_HEALTH_KIND}"):
+                    output = container.health_output or f"Docker reports {container.health}"
+                    await self.update_check(check.check_id, status, output)
+
+    async def update_check(self, check_id: str, status: str, output: str) -> None:
+        """Report a check result, skipping writes that would change nothing."""
+        if self._check_status.get(check_id) == (status, output):
+            return
+        try:
+            await self.consul.update_check(check_id, status, output)
+        except ConsulError as err:
+            self._error("consul", f"update check {check_id}: {err}")
+            return
+        self._check_status[check_id] = (status, output)
+
+    def _sync_script_runners(self) -> None:
+        wanted = {sid: s for sid, s in self.registered.items() if s.script}
+        for service_id in list(self._script_tasks):
+            if service_id not in wanted:
+                self._script_tasks.pop(service_id).cancel()
+        for service_id, service in wanted.items():
+            if service_id not in self._script_tasks:
+                self._script_tasks[service_id] = asyncio.create_task(self._run_script(service))
+
+    async def _run_script(self, service: Service) -> None:
+        check = next(c for c in service.checks if c.check_id.endswith(f":{checks_mod.SCRIPT_KIND}"))
+        interval = (
+            checks_mod.duration_seconds(
+                str(
+                    next(
+                        (
+                            c.fields.get("Interval")
+                            for c in service.checks
+                            if "Interval" in c.fields
+                        ),
+                        checks_mod.DEFAULT_INTERVAL,
+                    )
+                )
+            )
+            or 10.0
+        )
+        try:
+            command = shlex.split(service.script)
+        except ValueError as err:
+            await self.update_check(check.check_id, "critical", f"cannot parse script: {err}")
+            return
+        while True:
+            try:
+                result = await self.docker.exec_run(service.container_id, command, timeout=interval)
+                status = {0: "passing", 1: "warning"}.get(result.exit_code, "critical")
+                await self.update_check(check.check_id, status, result.output)
+            except DockerError as err:
+                await self.update_check(check.check_id, "critical", f"exec failed: {err}")
+            await asyncio.sleep(interval)
+
+    async def heartbeat_ttl(self) -> None:
+        """-ttl: keep every service's registrator heartbeat check passing."""
+        for service in list(self.registered.values()):
+            for check in service.checks:
+                if check.check_id.endswith(f":{checks_mod.TTL_HEARTBEAT_KIND}"):
+                    self._check_status.pop(check.check_id, None)
+                    await self.update_check(check.check_id, "passing", "registrator is running")
+
+    async def close(self) -> None:
+        for task in self._script_tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._script_tasks.values(), return_exceptions=True)
+        self._script_tasks.clear()
+
+    def owned_service_ids(self) -> list[str]:
+        return sorted(sid for held in self.held.values() for sid in held)
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def _report_problems(self, container: Container, problems: list[str]) -> None:
+        """Log a container's metadata problems once per change, not on every resync."""
+        current = frozenset(problems)
+        if self._reported_problems.get(container.id) == current:
+            return
+        self._reported_problems[container.id] = current
+        for problem in sorted(current):
+            log.warning("%s", problem)
+
+    def _reject(self, service: Service, err: ConsulError) -> None:
+        message = str(err)
+        self.stats.errors["consul_rejected"] += 1
+        previous = self._rejections.get(service.id)
+        self._rejections[service.id] = (payload_hash(service), message)
+        if previous is None or previous[1] != message:
+            log.warning(
+                "Consul rejected service %s of container %s; it stays unregistered until "
+                "its labels change: %s",
+                service.id,
+                service.container_name,
+                message,
+            )
+
+    def _error(self, kind: str, message: str) -> None:
+        self.stats.errors[kind] += 1
+        log.error("%s", message)
+
+
+def _state_word(container: Container) -> str:
+    if container.paused:
+        return "paused"
+    if container.restarting:
+        return "restarting"
+    if container.running:
+        return "running"
+    return f"exited ({container.exit_code})"
+
+
+def _list_state(container: Container) -> str:
+    """The word `docker ps` shows in State, to compare a cached inspect with a fresh list."""
+    if container.paused:
+        return "paused"
+    if container.restarting:
+        return "restarting"
+    return "running" if container.running else "exited"
+
+
+def describe(reconciler: Reconciler) -> dict[str, Any]:
+    """A snapshot for debugging and the health endpoint."""
+    return {
+        "synced": reconciler.synced,
+        "owned_services": len(reconciler.owned_service_ids()),
+        "registrations": reconciler.stats.registrations,
+        "deregistrations": reconciler.stats.deregistrations,
+    }

@@ -1,0 +1,545 @@
+"""One frozen Settings, from argv and an environment mapping.
+
+Pure: the caller hands in argv and the environment (only the CLI touches os.environ), and
+every problem is a ConfigError whose message names the option, so the entry point can print one
+line and exit 2.
+
+Flags follow Go's `flag` package, because users paste gliderlabs/registrator command lines:
+`-internal`, `-ip 10.0.0.1`, `-ip=10.0.0.1`, `-internal=false`; `--long-form` is accepted too, and
+unlike Go's parser, options may follow the positional URI.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A startup configuration problem; the message is the one line a user sees."""
+
+
+class DeregisterMode(Enum):
+    ALWAYS = "always"
+    ON_SUCCESS = "on-success"
+
+
+class LogFormat(Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True)
+class ConsulEndpoint:
+    scheme: str  # "http" | "https" | "unix"
+    host: str = ""
+    port: int = 0
+    socket_path: str = ""
+
+    @property
+    def base_url(self) -> str:
+        if self.scheme == "unix":
+            # aiohttp needs some host in the URL even when the connector is a unix socket.
+            return "http://consul"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.socket_path}"
+        return self.base_url
+
+
+@dataclass(frozen=True)
+class Settings:
+    consul: ConsulEndpoint = field(
+        default_factory=lambda: ConsulEndpoint("http", "127.0.0.1", 8500)
+    )
+    internal: bool = False
+    cleanup: bool = False
+    explicit: bool = False
+    ip: str = ""
+    tags: str = ""
+    resync: int = 30
+    deregister: DeregisterMode = DeregisterMode.ALWAYS
+    retry_attempts: int = -1
+    retry_interval: int = 2000
+    use_ip_from_label: str = ""
+    node: str = ""
+    network: str = ""
+    ttl: int = 0
+    ttl_refresh: int = 0
+    docker_host: str = "unix:///var/run/docker.sock"
+    log_level: str = "info"
+    log_format: LogFormat = LogFormat.TEXT
+    consul_token: str = field(default="", repr=False)
+    consul_token_file: str = ""
+    consul_cacert: str = ""
+    consul_client_cert: str = ""
+    consul_client_key: str = ""
+    consul_ssl_verify: bool = True
+
+
+# --- value parsers: each takes the raw text and returns the typed value or raises ValueError
+#     with a reason; the option name is added by the caller.
+
+_TRUE = {"1", "t", "true", "yes", "y", "on"}
+_FALSE = {"0", "f", "false", "no", "n", "off"}
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise ValueError(f"{value} is below the minimum {minimum}")
+        return value
+
+    return parse
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+def _enum(kind: type[Enum]) -> Callable[[str], Enum]:
+    def parse(text: str) -> Enum:
+        try:
+            return kind(text.strip().lower())
+        except ValueError:
+            allowed = ", ".join(str(member.value) for member in kind)
+            raise ValueError(f"{text!r} is not one of: {allowed}") from None
+
+    return parse
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in {"debug", "info", "warning", "error"}:
+        raise ValueError(f"{text!r} is not one of: debug, info, warning, error")
+    return level
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+_TEMPLATE_FIELD = re.compile(r"\{\{\s*(.*?)\s*\}\}")
+_TEMPLATE_FORMS = re.compile(
+    r'^(\.Name|\.Image|\.Hostname|\.Node|\.Labels\.[A-Za-z0-9_.\-]+|index \.Labels "[^"]+")$'
+)
+
+
+def validate_tags_template(text: str) -> str:
+    """Reject unknown `{{...}}` placeholders at startup instead of on every container."""
+    for match in _TEMPLATE_FIELD.finditer(text):
+        if not _TEMPLATE_FORMS.match(match.group(1)):
+            raise ValueError(
+                f"unknown template field {{{{{match.group(1)}}}}} "
+                '(known: .Name .Image .Hostname .Node .Labels.KEY index .Labels "KEY")'
+            )
+    if text.count("{{") != text.count("}}"):
+        raise ValueError("unbalanced {{ }} in template")
+    return text.strip()
+
+
+_UNSUPPORTED_BACKENDS = {"etcd", "skydns2", "zookeeper", "consulkv", "etcd2", "skydns"}
+
+
+def parse_consul_uri(text: str) -> ConsulEndpoint:
+    """`consul://host:port`, `consul-tls://host:port` or `consul-unix:///path`."""
+    raw = text.strip()
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        raise ValueError(f"{raw!r} is not a registry URI (expected consul://HOST:PORT)")
+    scheme = scheme.lower()
+    if scheme in _UNSUPPORTED_BACKENDS:
+        raise ValueError(f"{scheme}:// is not supported: this registrator only speaks to Consul")
+    if scheme == "consul-unix":
+        if not rest.startswith("/"):
+            raise ValueError(f"{raw!r}: consul-unix needs an absolute socket path")
+        return ConsulEndpoint("unix", socket_path=rest)
+    if scheme not in {"consul", "consul-tls"}:
+        raise ValueError(
+            f"{scheme}:// is not supported: use consul://, consul-tls:// or consul-unix://"
+        )
+    return _host_port("https" if scheme == "consul-tls" else "http", rest, raw)
+
+
+def parse_consul_http_addr(text: str) -> ConsulEndpoint:
+    """CONSUL_HTTP_ADDR as the consul CLI takes it: `host:port`, `http(s)://…`, `unix://…`."""
+    raw = text.strip()
+    if raw.startswith("unix://"):
+        return ConsulEndpoint("unix", socket_path=raw[len("unix://") :])
+    scheme = "http"
+    rest = raw
+    if "://" in raw:
+        scheme, _, rest = raw.partition("://")
+        scheme = scheme.lower()
+        if scheme not in {"http", "https"}:
+            raise ValueError(f"{raw!r}: scheme must be http, https or unix")
+    return _host_port(scheme, rest, raw)
+
+
+def _host_port(scheme: str, rest: str, raw: str) -> ConsulEndpoint:
+    parts = urlsplit(f"//{rest.rstrip('/')}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{raw!r} has an invalid port") from None
+    host = parts.hostname or ""
+    if not host:
+        raise ValueError(f"{raw!r} has no host")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"{raw!r} must not have a path")
+    default_port = 8501 if scheme == "https" else 8500
+    return ConsulEndpoint(scheme, host, port or default_port)
+
+
+def _docker_host(text: str) -> str:
+    raw = text.strip()
+    if raw.startswith("unix://") or raw.startswith("tcp://") or raw.startswith("http://"):
+        return raw
+    raise ValueError(f"{raw!r}: expected unix:///path or tcp://host:port")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configurable setting: its flag names, environment variable and parser."""
+
+    field: str
+    names: tuple[str, ...]  # flag spellings, without dashes; the first is the long form
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+    is_bool: bool = False
+    metavar: str = ""
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "internal",
+        ("internal",),
+        "REGISTRATOR_INTERNAL",
+        parse_bool,
+        "register the container's own IP and exposed ports instead of published host ports",
+        is_bool=True,
+    ),
+    Option(
+        "cleanup",
+        ("cleanup",),
+        "REGISTRATOR_CLEANUP",
+        parse_bool,
+        "accepted for gliderlabs compatibility; stale services this node owns are always "
+        "removed (see README)",
+        is_bool=True,
+    ),
+    Option(
+        "explicit",
+        ("explicit",),
+        "REGISTRATOR_EXPLICIT",
+        parse_bool,
+        "only register containers (or ports) that set SERVICE_NAME / SERVICE_<port>_NAME",
+        is_bool=True,
+    ),
+    Option(
+        "ip",
+        ("ip",),
+        "REGISTRATOR_IP",
+        _ip,
+        "address to register for published ports (default: see README, Addresses)",
+        metavar="IP",
+    ),
+    Option(
+        "tags",
+        ("tags",),
+        "REGISTRATOR_TAGS",
+        validate_tags_template,
+        "comma-separated tags added to every service; {{.Name}} {{.Image}} {{.Hostname}} "
+        "{{.Node}} {{.Labels.KEY}} are expanded per container",
+        metavar="TAGS",
+    ),
+    Option(
+        "resync",
+        ("resync",),
+        "REGISTRATOR_RESYNC",
+        _int_at_least(0),
+        "seconds between full reconciles with Docker and Consul (0 disables)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "deregister",
+        ("deregister",),
+        "REGISTRATOR_DEREGISTER",
+        _enum(DeregisterMode),
+        "always, or on-success: keep services of containers that exited non-zero",
+        metavar="MODE",
+    ),
+    Option(
+        "retry_attempts",
+        ("retry-attempts",),
+        "REGISTRATOR_RETRY_ATTEMPTS",
+        _int_at_least(-1),
+        "attempts to reach Docker and Consul at startup; -1 retries forever",
+        metavar="N",
+    ),
+    Option(
+        "retry_interval",
+        ("retry-interval",),
+        "REGISTRATOR_RETRY_INTERVAL",
+        _int_at_least(1),
+        "milliseconds between startup attempts",
+        metavar="MS",
+    ),
+    Option(
+        "use_ip_from_label",
+        ("use-ip-from-label", "useIpFromLabel"),
+        "REGISTRATOR_USE_IP_FROM_LABEL",
+        _text,
+        "container label whose value is the address to register",
+        metavar="LABEL",
+    ),
+    Option(
+        "node",
+        ("node",),
+        "REGISTRATOR_NODE",
+        _text,
+        "node name used in service ids and ownership (default: Docker host name)",
+        metavar="NAME",
+    ),
+    Option(
+        "network",
+        ("network",),
+        "REGISTRATOR_NETWORK",
+        _text,
+        "with -internal, the Docker network whose address is registered",
+        metavar="NAME",
+    ),
+    Option(
+        "ttl",
+        ("ttl",),
+        "REGISTRATOR_TTL",
+        _int_at_least(0),
+        "add a TTL check of this many seconds to every service, kept passing by the agent "
+        "(0: none)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "ttl_refresh",
+        ("ttl-refresh",),
+        "REGISTRATOR_TTL_REFRESH",
+        _int_at_least(0),
+        "seconds between TTL heartbeats (must be below -ttl)",
+        metavar="SECONDS",
+    ),
+    Option(
+        "log_level",
+        ("log-level",),
+        "REGISTRATOR_LOG_LEVEL",
+        _log_level,
+        "debug, info, warning or error",
+        metavar="LEVEL",
+    ),
+    Option(
+        "log_format",
+        ("log-format",),
+        "REGISTRATOR_LOG_FORMAT",
+        _enum(LogFormat),
+        "text or json",
+        metavar="FORMAT",
+    ),
+    Option(
+        "docker_host",
+        ("docker-host",),
+        "DOCKER_HOST",
+        _docker_host,
+        "Docker API endpoint",
+        metavar="URL",
+    ),
+    Option(
+        "consul",
+        ("consul",),
+        "REGISTRATOR_CONSUL",
+        parse_consul_uri,
+        "Consul agent URI, same as the positional argument",
+        metavar="URI",
+    ),
+    Option(
+        "consul_token", ("consul-token",), "CONSUL_HTTP_TOKEN", _text, "ACL token", metavar="TOKEN"
+    ),
+    Option(
+        "consul_token_file",
+        ("consul-token-file",),
+        "CONSUL_HTTP_TOKEN_FILE",
+        _text,
+        "file holding the ACL token",
+        metavar="PATH",
+    ),
+    Option(
+        "consul_cacert",
+        ("consul-cacert",),
+        "CONSUL_CACERT",
+        _text,
+        "CA bundle to verify Consul's certificate",
+        metavar="PATH",
+    ),
+    Option(
+        "consul_client_cert",
+        ("consul-client-cert",),
+        "CONSUL_CLIENT_CERT",
+        _text,
+        "client certificate for Consul",
+        metavar="PATH",
+    ),
+    Option(
+        "consul_client_key",
+        ("consul-client-key",),
+        "CONSUL_CLIENT_KEY",
+        _text,
+        "client key for Consul",
+        metavar="PATH",
+    ),
+    Option(
+        "consul_ssl_verify",
+        ("consul-ssl-verify",),
+        "CONSUL_HTTP_SSL_VERIFY",
+        parse_bool,
+        "verify Consul's TLS certificate",
+        is_bool=True,
+    ),
+)
+
+_BY_NAME: dict[str, Option] = {name: opt for opt in OPTIONS for name in opt.names}
+# Go's flag package matches names exactly; users also type camelCase gliderlabs names in
+# lower case, so a case-insensitive second lookup avoids a surprising "unknown flag".
+_BY_LOWER: dict[str, Option] = {name.lower(): opt for opt in OPTIONS for name in opt.names}
+
+
+@dataclass(frozen=True)
+class Command:
+    """What the command line asks for: run the agent, print help or the version."""
+
+    action: str  # "run" | "help" | "version"
+    settings: Settings
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Command:
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def set_value(opt: Option, raw: str, source: str) -> None:
+        try:
+            values[opt.field] = opt.parse(raw)
+        except ValueError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        sources[opt.field] = source
+
+    # Environment first; flags then override it.
+    for opt in OPTIONS:
+        raw = environ.get(opt.env)
+        if raw is not None and raw.strip():
+            set_value(opt, raw, opt.env)
+
+    if "consul" not in values and environ.get("CONSUL_HTTP_ADDR", "").strip():
+        try:
+            values["consul"] = parse_consul_http_addr(environ["CONSUL_HTTP_ADDR"])
+        except ValueError as err:
+            raise ConfigError(f"CONSUL_HTTP_ADDR: {err}") from None
+        sources["consul"] = "CONSUL_HTTP_ADDR"
+
+    positional: list[str] = []
+    action = "run"
+    args = list(argv)
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if arg == "--":
+            positional.extend(args[index:])
+            break
+        if not arg.startswith("-") or arg == "-":
+            positional.append(arg)
+            continue
+        name, has_value, inline = arg.lstrip("-").partition("=")
+        if name in {"h", "help"}:
+            action = "help"
+            continue
+        if name in {"v", "version"}:
+            action = "version"
+            continue
+        found = _BY_NAME.get(name) or _BY_LOWER.get(name.lower())
+        if found is None:
+            raise ConfigError(f"unknown option {arg.split('=')[0]} (see registrator --help)")
+        opt = found
+        flag = f"-{name}"
+        if opt.is_bool:
+            set_value(opt, inline if has_value else "true", flag)
+            continue
+        if not has_value:
+            if index >= len(args):
+                raise ConfigError(f"{flag}: needs a value")
+            inline = args[index]
+            index += 1
+        set_value(opt, inline, flag)
+
+    if len(positional) > 1:
+        raise ConfigError(
+            f"expected at most one registry URI, got {len(positional)}: {' '.join(positional)}"
+        )
+    if positional:
+        try:
+            values["consul"] = parse_consul_uri(positional[0])
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        sources["consul"] = "registry URI"
+
+    if values.get("ttl", 0) and values.get("ttl_refresh", 0) >= values["ttl"]:
+        raise ConfigError(
+            f"{sources.get('ttl_refresh', '-ttl-refresh')}: must be below -ttl "
+            f"({values['ttl']}) so the check never expires between heartbeats"
+        )
+    if values.get("ttl", 0) and not values.get("ttl_refresh"):
+        # Half the TTL leaves room for one missed heartbeat.
+        values["ttl_refresh"] = max(1, values["ttl"] // 2)
+    if values.get("consul_client_key") and not values.get("consul_client_cert"):
+        raise ConfigError("CONSUL_CLIENT_KEY: given without CONSUL_CLIENT_CERT")
+    if values.get("consul_client_cert") and not values.get("consul_client_key"):
+        raise ConfigError("CONSUL_CLIENT_CERT: given without CONSUL_CLIENT_KEY")
+
+    return Command(action=action, settings=Settings(**values))
+
+
+def usage() -> str:
+    lines = [
+        "usage: registrator [options] [consul://HOST:PORT | consul-tls://HOST:PORT | "
+        "consul-unix:///PATH]",
+        "",
+        "Options (single or double dash; every option also reads the environment variable shown):",
+    ]
+    for opt in OPTIONS:
+        flag = " | ".join(f"-{name}" for name in opt.names)
+        if opt.metavar:
+            flag += f" {opt.metavar}"
+        lines.append(f"  {flag}")
+        lines.append(f"      {opt.help} [{opt.env}]")
+    lines.append("  -h | -help   this text;  -version   the version")
+    return "\n".join(lines)
