@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -59,10 +60,71 @@ def event_container_id(event: dict[str, Any]) -> str | None:
     return None
 
 
+# Signals after which a container is expected to go away (docker stop, docker kill, Ctrl-C).
+_STOP_SIGNALS = frozenset({"2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM"})
+DRAIN_RECHECK_SECONDS = 30.0
+
+
+def is_stop_signal(event: dict[str, Any]) -> bool:
+    """A `kill` event whose signal means "stop": the moment to drain, before `die`."""
+    if event.get("Type") != "container" or event.get("Action") != "kill":
+        return False
+    actor = event.get("Actor")
+    attributes = actor.get("Attributes") if isinstance(actor, dict) else None
+    signal = attributes.get("signal") if isinstance(attributes, dict) else None
+    return str(signal) in _STOP_SIGNALS
+
+
 def since_from_time_nano(time_nano: int) -> str:
     """Docker's `since` takes `seconds.nanoseconds`; resuming from the last event's own time
     may repeat it, which level-triggered reconciles make harmless, and never skips one."""
     return f"{time_nano // 1_000_000_000}.{time_nano % 1_000_000_000:09d}"
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def plan_context(
+    settings: Settings,
+    docker_info: dict[str, Any],
+    consul_self: dict[str, Any],
+    docker_version: str = "",
+) -> tuple[Identity, PlanContext]:
+    """Who we are and how to plan, from settings and what Docker and Consul said at startup."""
+    node = settings.node or str(docker_info.get("Name") or "")
+    if not node:
+        raise StartupError("Docker info has no Name; set -node or REGISTRATOR_NODE")
+    swarm = _dict(docker_info.get("Swarm"))
+    member = _dict(consul_self.get("Member"))
+    # What "the host's address" is when a port is published on all interfaces: the Swarm
+    # node address if this engine is in a swarm, else the address the local Consul agent
+    # advertises (on the standard deployment, one agent per host, that is the host's LAN
+    # address). Never a hostname lookup: that gave gliderlabs users 127.0.1.1.
+    swarm_address = (
+        str(swarm.get("NodeAddr") or "") if swarm.get("LocalNodeState") == "active" else ""
+    )
+    default_address = settings.ip or swarm_address or str(member.get("Addr") or "")
+    identity = Identity(
+        node=node,
+        default_address=default_address,
+        docker_version=docker_version,
+        consul_node=str(_dict(consul_self.get("Config")).get("NodeName") or ""),
+    )
+    context = PlanContext(
+        node=node,
+        internal=settings.internal,
+        explicit=settings.explicit,
+        host_ip=settings.ip,
+        default_address=default_address,
+        tags_template=settings.tags,
+        use_ip_from_label=settings.use_ip_from_label,
+        network=settings.network,
+        ttl=settings.ttl,
+        docker_health=settings.docker_health,
+        docker_health_initial=settings.docker_health_initial,
+    )
+    return identity, context
 
 
 class Agent:
@@ -77,6 +139,7 @@ class Agent:
         self._full_requested = asyncio.Event()
         self._since: str | None = None
         self._stream_state = ""  # for logging only state changes
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
@@ -110,41 +173,8 @@ class Agent:
             f"Consul at {self.consul.endpoint}", self.consul.agent_self
         )
         self.consul_ok = True
-        node = self.settings.node or str(info.get("Name") or "")
-        if not node:
-            raise StartupError("Docker info has no Name; set -node or REGISTRATOR_NODE")
-        swarm = info.get("Swarm") if isinstance(info.get("Swarm"), dict) else {}
-        assert isinstance(swarm, dict)
-        member = consul_self.get("Member") if isinstance(consul_self.get("Member"), dict) else {}
-        assert isinstance(member, dict)
-        # What "the host's address" is when a port is published on all interfaces: the
-        # Swarm node address if this engine is in a swarm, else the address the local Consul
-        # agent advertises (on the standard deployment, one agent per host, that is the
-        # host's LAN address). Never a hostname lookup: that gave gliderlabs users 127.0.1.1.
-        default_address = (
-            self.settings.ip
-            or (str(swarm.get("NodeAddr") or "") if swarm.get("LocalNodeState") == "active" else "")
-            or str(member.get("Addr") or "")
-        )
-        config = consul_self.get("Config") if isinstance(consul_self.get("Config"), dict) else {}
-        assert isinstance(config, dict)
-        self.identity = Identity(
-            node=node,
-            default_address=default_address,
-            docker_version=docker_version,
-            consul_node=str(config.get("NodeName") or ""),
-        )
-        context = PlanContext(
-            node=node,
-            internal=self.settings.internal,
-            explicit=self.settings.explicit,
-            host_ip=self.settings.ip,
-            default_address=default_address,
-            tags_template=self.settings.tags,
-            use_ip_from_label=self.settings.use_ip_from_label,
-            network=self.settings.network,
-            ttl=self.settings.ttl,
-        )
+        self.identity, context = plan_context(self.settings, info, consul_self, docker_version)
+        node, default_address = self.identity.node, self.identity.default_address
         self.reconciler = Reconciler(self.docker, self.consul, context, self.settings.deregister)
         log.info(
             "started: node %s, Docker %s at %s, Consul at %s (node %s), default address %s",
@@ -178,14 +208,28 @@ class Agent:
                     raise task.exception()  # type: ignore[misc]
         finally:
             stopped.cancel()
-            for task in tasks:
+            for task in [*tasks, *self._background]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._background, return_exceptions=True)
             try:
-                await asyncio.wait_for(self.reconciler.idle(), timeout=4.0)
+                await asyncio.wait_for(self.reconciler.idle(), timeout=3.0)
+                if self.settings.deregister_on_exit:
+                    await asyncio.wait_for(self.reconciler.deregister_all(), timeout=1.5)
             except TimeoutError:
-                log.warning("shutdown: in-flight reconciles did not finish within 4 s")
+                log.warning("shutdown: in-flight work did not finish in time; exiting anyway")
             await self.reconciler.close()
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drain(self, container_id: str) -> None:
+        assert self.reconciler is not None
+        await self.reconciler.drain(container_id)
+        # A trapped or ignored signal leaves the container running; do not leave it drained.
+        await asyncio.sleep(DRAIN_RECHECK_SECONDS)
+        await self.reconciler.undrain_if_running(container_id)
 
     def request_full_reconcile(self) -> None:
         self._full_requested.set()
@@ -241,8 +285,11 @@ class Agent:
                     time_nano = event.get("timeNano")
                     if isinstance(time_nano, int):
                         self._since = since_from_time_nano(time_nano)
+                        self.reconciler.stats.last_event_lag = time.time() - time_nano / 1e9
                     container_id = event_container_id(event)
                     if container_id:
+                        if self.settings.drain and is_stop_signal(event):
+                            self._spawn(self._drain(container_id))
                         self.reconciler.mark(container_id)
                 self._stream("closed", "Docker closed the event stream; reconnecting")
             except DockerError as err:

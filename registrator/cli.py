@@ -11,15 +11,20 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from registrator import __version__
-from registrator.agent import Agent, StartupError
-from registrator.consul import ConsulClient, ssl_context
-from registrator.docker import DockerClient
+from registrator.agent import Agent, StartupError, plan_context
+from registrator.consul import ConsulClient, ConsulError, ssl_context
+from registrator.containers import parse_container
+from registrator.docker import DockerClient, DockerError
+from registrator.http import serve
+from registrator.payload import registration
+from registrator.planner import desired_services, keeps_registrations
 from registrator.settings import ConfigError, LogFormat, Settings, parse_args, usage
 
 log = logging.getLogger("registrator")
@@ -84,17 +89,21 @@ def resolve_environment(settings: Settings, environ: Mapping[str, str]) -> Setti
     return settings
 
 
+def _tls(settings: Settings) -> ssl.SSLContext | None:
+    if settings.consul.scheme != "https":
+        return None
+    return ssl_context(
+        settings.consul_cacert,
+        settings.consul_client_cert,
+        settings.consul_client_key,
+        settings.consul_ssl_verify,
+    )
+
+
 async def run_agent(settings: Settings) -> int:
-    tls = None
-    if settings.consul.scheme == "https":
-        if not settings.consul_ssl_verify:
-            log.warning("CONSUL_HTTP_SSL_VERIFY=false: Consul's certificate is NOT verified")
-        tls = ssl_context(
-            settings.consul_cacert,
-            settings.consul_client_cert,
-            settings.consul_client_key,
-            settings.consul_ssl_verify,
-        )
+    tls = _tls(settings)
+    if tls is not None and not settings.consul_ssl_verify:
+        log.warning("CONSUL_HTTP_SSL_VERIFY=false: Consul's certificate is NOT verified")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -104,19 +113,82 @@ async def run_agent(settings: Settings) -> int:
         ConsulClient(settings.consul, token=settings.consul_token, ssl_context=tls) as consul,
     ):
         agent = Agent(settings, docker, consul)
+        # Up before startup so /health answers 503 (not "connection refused") while waiting.
+        server = await serve(agent, settings.http_addr) if settings.http_addr else None
         try:
-            await agent.start()
-        except StartupError as err:
-            log.error("giving up: %s", err)
-            return EXIT_STARTUP
-        await agent.run(stop)
+            # SIGTERM must also end a startup that is still waiting for Docker or Consul.
+            starting = asyncio.create_task(agent.start())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not starting.done():
+                starting.cancel()
+                log.info("stopped before startup completed")
+                return EXIT_OK
+            try:
+                starting.result()
+            except StartupError as err:
+                log.error("giving up: %s", err)
+                return EXIT_STARTUP
+            await agent.run(stop)
+        finally:
+            if server is not None:
+                await server.cleanup()
     log.info("stopped")
     return EXIT_OK
+
+
+async def explain(settings: Settings, reference: str) -> int:
+    """Print what would be registered for one container, writing nothing anywhere."""
+    async with (
+        DockerClient(settings.docker_host) as docker,
+        ConsulClient(
+            settings.consul, token=settings.consul_token, ssl_context=_tls(settings)
+        ) as consul,
+    ):
+        try:
+            version = await docker.negotiate()
+            info = await docker.info()
+            document = await docker.inspect(reference)
+        except DockerError as err:
+            print(f"registrator explain: Docker: {err}", file=sys.stderr)
+            return EXIT_STARTUP
+        if document is None:
+            print(f"registrator explain: no container {reference!r}", file=sys.stderr)
+            return EXIT_STARTUP
+        notes: list[str] = []
+        try:
+            consul_self = await consul.agent_self()
+        except ConsulError as err:
+            consul_self = {}
+            notes.append(f"Consul did not answer ({err}); its node address is unknown")
+        identity, context = plan_context(settings, info, consul_self, version)
+        container = parse_container(document)
+        result = desired_services(container, context)
+        if keeps_registrations(container, settings.deregister):
+            notes.append("exited non-zero with -deregister on-success: existing services kept")
+        report = {
+            "container": container.name,
+            "id": container.id,
+            "node": identity.node,
+            "default_address": identity.default_address,
+            "registrations": [registration(service) for service in result.services],
+            "warnings": [str(problem) for problem in result.problems],
+            "notes": notes,
+        }
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
+    explain_ref = ""
+    if args[:1] == ["explain"]:
+        if len(args) < 2 or args[1].startswith("-"):
+            print("registrator: explain needs a container name or id", file=sys.stderr)
+            return EXIT_CONFIG
+        explain_ref, args = args[1], args[2:]
     try:
         command = parse_args(args, env)
         if command.action == "help":
@@ -130,6 +202,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"registrator: {err}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings)
+    if explain_ref:
+        return asyncio.run(explain(settings, explain_ref))
     try:
         return asyncio.run(run_agent(settings))
     except KeyboardInterrupt:

@@ -61,6 +61,10 @@ def registration(service: Service) -> dict[str, Any]:
 
 def held_from_agent(entry: Mapping[str, Any], node: str) -> HeldService | None:
     """An entry of `GET /v1/agent/services`, if this node's registrator owns it."""
+    if entry.get("Kind"):
+        # A sidecar Consul made from our Connect.SidecarService copies the parent's Meta,
+        # but it is part of the parent's registration, not a service of its own to diff.
+        return None
     meta = entry.get("Meta")
     if not isinstance(meta, Mapping):
         return None

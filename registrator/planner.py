@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from registrator import checks as checks_mod
+from registrator.connect import build_connect
 from registrator.labels import (
     Metadata,
     expand_template,
@@ -322,6 +323,8 @@ def _service(
         ttl=ctx.ttl,
     )
     problems.items.extend(built.problems)
+    connect = build_connect(metadata, container)
+    problems.items.extend(connect.problems)
     return Service(
         id=service_id,
         name=name,
@@ -332,6 +335,7 @@ def _service(
         container_id=container.id,
         container_name=container.name,
         checks=built.checks,
+        connect=connect.connect,
         script=built.script,
     )
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registrator import checks as checks_mod
+from registrator.connect import sidecar_id
 from registrator.consul import ConsulClient, ConsulError
 from registrator.containers import InspectError, parse_container
 from registrator.docker import DockerClient, DockerError
@@ -43,6 +44,7 @@ class Stats:
     deregistrations: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     last_full_seconds: float = 0.0
+    last_event_lag: float = 0.0
 
 
 class KeyedLock:
@@ -264,6 +266,7 @@ class Reconciler:
                     self._reject(service, err)
                 continue
             self._rejections.pop(service.id, None)
+            await self._drop_orphaned_sidecar(self.registered.get(service.id), service)
             held[service.id] = held_from_service(service)
             for check in service.checks:
                 self._check_status.pop(check.check_id, None)
@@ -294,6 +297,17 @@ class Reconciler:
             log.info("deregistered %s for container %s: %s", service_id, name, why)
         if not held:
             self.held.pop(container_id, None)
+
+    async def _drop_orphaned_sidecar(self, old: Service | None, new: Service) -> None:
+        """Consul keeps a sidecar when its parent is re-registered without one; remove it."""
+        if old is None or not old.connect or "SidecarService" not in old.connect:
+            return
+        if new.connect and "SidecarService" in new.connect:
+            return
+        try:
+            await self.consul.deregister(sidecar_id(new.id))
+        except ConsulError as err:
+            self._error("consul", f"deregister sidecar of {new.id}: {err}")
 
     # --- checks driven by the agent -------------------------------------------------------
 
@@ -371,6 +385,35 @@ class Reconciler:
             task.cancel()
         await asyncio.gather(*self._script_tasks.values(), return_exceptions=True)
         self._script_tasks.clear()
+
+    async def drain(self, container_id: str) -> None:
+        """Put the container's services in maintenance: it is about to stop serving."""
+        for service_id in sorted(self.held.get(container_id, {})):
+            try:
+                await self.consul.service_maintenance(
+                    service_id, True, "registrator: container is stopping"
+                )
+                log.info("drained %s: container is stopping", service_id)
+            except ConsulError as err:
+                self._error("consul", f"maintenance for {service_id}: {err}")
+
+    async def undrain_if_running(self, container_id: str) -> None:
+        """The stop signal did not stop the container: take its services out of maintenance."""
+        async with self._locks.hold(container_id):
+            container = await self._container(container_id, None, force_inspect=True)
+            if container is None or not container.running:
+                return
+            for service_id in sorted(self.held.get(container_id, {})):
+                try:
+                    await self.consul.service_maintenance(service_id, False, "")
+                    log.info("%s: container survived its stop signal; maintenance off", service_id)
+                except ConsulError as err:
+                    self._error("consul", f"maintenance off for {service_id}: {err}")
+
+    async def deregister_all(self) -> None:
+        """Shutdown with -deregister-on-exit: remove every service this node owns."""
+        for container_id, held in list(self.held.items()):
+            await self._apply(container_id, None, Plan(deregister=tuple(sorted(held))))
 
     def owned_service_ids(self) -> list[str]:
         return sorted(sid for held in self.held.values() for sid in held)

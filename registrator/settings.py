@@ -74,6 +74,11 @@ class Settings:
     network: str = ""
     ttl: int = 0
     ttl_refresh: int = 0
+    docker_health: bool = True
+    docker_health_initial: str = "critical"
+    drain: bool = False
+    deregister_on_exit: bool = False
+    http_addr: str = ""
     docker_host: str = "unix:///var/run/docker.sock"
     log_level: str = "info"
     log_format: LogFormat = LogFormat.TEXT
@@ -137,6 +142,29 @@ def _log_level(text: str) -> str:
     if level not in {"debug", "info", "warning", "error"}:
         raise ValueError(f"{text!r} is not one of: debug, info, warning, error")
     return level
+
+
+def _check_status(text: str) -> str:
+    status = text.strip().lower()
+    if status not in {"passing", "warning", "critical"}:
+        raise ValueError(f"{text!r} is not one of: passing, warning, critical")
+    return status
+
+
+def _listen_address(text: str) -> str:
+    """`HOST:PORT` or `:PORT` for the health/metrics server; empty disables it."""
+    raw = text.strip()
+    if not raw:
+        return ""
+    host, sep, port = raw.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{raw!r} is not HOST:PORT or :PORT")
+    if host.strip("[]"):
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            raise ValueError(f"{raw!r}: {host!r} is not an IP address") from None
+    return raw
 
 
 def _text(text: str) -> str:
@@ -350,6 +378,46 @@ OPTIONS: tuple[Option, ...] = (
         _int_at_least(0),
         "seconds between TTL heartbeats (must be below -ttl)",
         metavar="SECONDS",
+    ),
+    Option(
+        "docker_health",
+        ("docker-health",),
+        "REGISTRATOR_DOCKER_HEALTH",
+        parse_bool,
+        "mirror each container's Docker HEALTHCHECK into a Consul check",
+        is_bool=True,
+    ),
+    Option(
+        "docker_health_initial",
+        ("docker-health-initial",),
+        "REGISTRATOR_DOCKER_HEALTH_INITIAL",
+        _check_status,
+        "Consul status of a mirrored HEALTHCHECK while Docker says 'starting'",
+        metavar="STATUS",
+    ),
+    Option(
+        "drain",
+        ("drain",),
+        "REGISTRATOR_DRAIN",
+        parse_bool,
+        "on a stop/kill event, put the container's services in maintenance before it dies",
+        is_bool=True,
+    ),
+    Option(
+        "deregister_on_exit",
+        ("deregister-on-exit",),
+        "REGISTRATOR_DEREGISTER_ON_EXIT",
+        parse_bool,
+        "on SIGTERM, deregister every service this node owns before exiting",
+        is_bool=True,
+    ),
+    Option(
+        "http_addr",
+        ("http-addr",),
+        "REGISTRATOR_HTTP_ADDR",
+        _listen_address,
+        "serve /health and /metrics on HOST:PORT or :PORT (empty: off)",
+        metavar="ADDR",
     ),
     Option(
         "log_level",

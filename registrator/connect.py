@@ -1,0 +1,135 @@
+"""Pure: SERVICE_CONNECT* metadata → the `Connect` block of a Consul registration.
+
+All or nothing: if any Connect key is malformed the service is registered without Connect
+(and the problem reported), never with a half-built sidecar whose upstreams silently differ
+from what the labels say.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+
+from registrator.labels import Metadata, parse_tags
+from registrator.model import Container, Problem
+
+# name[@datacenter]:[bind-address:]port — e.g. "db:5432", "cache@dc2:127.0.0.2:6379"
+_UPSTREAM = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<dc>[A-Za-z0-9._-]+))?"
+    r":(?:(?P<bind>[0-9A-Fa-f.:]+):)?(?P<port>\d+)$"
+)
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    connect: dict[str, object] | None
+    problems: tuple[Problem, ...] = ()
+
+
+def _port(text: str) -> int | None:
+    stripped = text.strip()
+    if stripped.isdigit() and 0 < int(stripped) < 65536:
+        return int(stripped)
+    return None
+
+
+def parse_upstreams(text: str) -> list[dict[str, object]]:
+    """`db:5432,cache@dc2:127.0.0.2:6379` → Consul Upstreams; ValueError names the bad item."""
+    upstreams: list[dict[str, object]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        match = _UPSTREAM.match(item)
+        port = _port(match.group("port")) if match else None
+        if match is None or port is None:
+            raise ValueError(f"{item!r} is not NAME[@DC]:[BIND_ADDRESS:]PORT")
+        upstream: dict[str, object] = {
+            "DestinationType": "service",
+            "DestinationName": match.group("name"),
+            "LocalBindPort": port,
+        }
+        if match.group("dc"):
+            upstream["Datacenter"] = match.group("dc")
+        if match.group("bind"):
+            try:
+                upstream["LocalBindAddress"] = str(ipaddress.ip_address(match.group("bind")))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r}: {match.group('bind')!r} is not an IP address"
+                ) from None
+        upstreams.append(upstream)
+    return upstreams
+
+
+def build_connect(metadata: Metadata, container: Container) -> ConnectResult:
+    mode = metadata.get("CONNECT").strip().lower()
+    if not mode or mode in {"false", "0", "no", "none"}:
+        return ConnectResult(None)
+
+    def fail(key: str, reason: str) -> ConnectResult:
+        return ConnectResult(
+            None,
+            (
+                Problem(
+                    container.name, metadata.origin(key), f"{reason}; registered without Connect"
+                ),
+            ),
+        )
+
+    if mode == "native":
+        return ConnectResult({"Native": True})
+    if mode not in {"sidecar", "true", "yes", "1"}:
+        return fail("CONNECT", f"{mode!r} is not sidecar or native")
+
+    sidecar: dict[str, object] = {}
+    proxy: dict[str, object] = {}
+    try:
+        upstreams = parse_upstreams(metadata.get("CONNECT_UPSTREAMS"))
+    except ValueError as err:
+        return fail("CONNECT_UPSTREAMS", str(err))
+    if upstreams:
+        proxy["Upstreams"] = upstreams
+
+    raw_port = metadata.get("CONNECT_SIDECAR_PORT").strip()
+    if raw_port:
+        port = _port(raw_port)
+        if port is None:
+            return fail("CONNECT_SIDECAR_PORT", f"{raw_port!r} is not a port number")
+        sidecar["Port"] = port
+    tags = parse_tags(metadata.get("CONNECT_SIDECAR_TAGS"))
+    if tags:
+        sidecar["Tags"] = tags
+
+    local_address = metadata.get("CONNECT_LOCAL_ADDRESS").strip()
+    if local_address:
+        try:
+            proxy["LocalServiceAddress"] = str(ipaddress.ip_address(local_address))
+        except ValueError:
+            return fail("CONNECT_LOCAL_ADDRESS", f"{local_address!r} is not an IP address")
+    raw_local_port = metadata.get("CONNECT_LOCAL_PORT").strip()
+    if raw_local_port:
+        local_port = _port(raw_local_port)
+        if local_port is None:
+            return fail("CONNECT_LOCAL_PORT", f"{raw_local_port!r} is not a port number")
+        proxy["LocalServicePort"] = local_port
+
+    raw_config = metadata.get("CONNECT_PROXY_CONFIG").strip()
+    if raw_config:
+        try:
+            config = json.loads(raw_config)
+        except ValueError as err:
+            return fail("CONNECT_PROXY_CONFIG", f"not JSON ({err})")
+        if not isinstance(config, dict):
+            return fail("CONNECT_PROXY_CONFIG", "must be a JSON object")
+        proxy["Config"] = config
+
+    if proxy:
+        sidecar["Proxy"] = proxy
+    return ConnectResult({"SidecarService": sidecar})
+
+
+def sidecar_id(service_id: str) -> str:
+    """The id Consul gives a sidecar registered through `Connect.SidecarService`."""
+    return f"{service_id}-sidecar-proxy"
