@@ -1,0 +1,160 @@
+"""Tables for the agent's pure helpers: which events mark which container, `since`, identity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from registrator.agent import (
+    StartupError,
+    event_container_id,
+    is_stop_signal,
+    plan_context,
+    since_from_time_nano,
+)
+from registrator.settings import parse_args
+
+CID = "c" * 64
+
+
+def container_event(action: str, **attributes: str) -> dict[str, Any]:
+    return {
+        "Type": "container",
+        "Action": action,
+        "Actor": {"ID": CID, "Attributes": attributes},
+        "timeNano": 1_700_000_000_123_456_789,
+    }
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        pytest.param(container_event("start"), CID, id="start"),
+        pytest.param(container_event("die", exitCode="1"), CID, id="die"),
+        pytest.param(container_event("stop"), CID, id="stop"),
+        pytest.param(container_event("kill", signal="15"), CID, id="kill"),
+        pytest.param(container_event("destroy"), CID, id="destroy"),
+        pytest.param(container_event("pause"), CID, id="pause"),
+        pytest.param(container_event("unpause"), CID, id="unpause"),
+        pytest.param(container_event("rename"), CID, id="rename changes the service id"),
+        pytest.param(container_event("health_status: healthy"), CID, id="health with value"),
+        pytest.param(container_event("exec_start: sh -c true"), None, id="exec is noise"),
+        pytest.param(container_event("exec_die"), None, id="exec_die is noise"),
+        pytest.param(container_event("attach"), None, id="attach is noise"),
+        pytest.param(
+            {
+                "Type": "network",
+                "Action": "connect",
+                "Actor": {"ID": "n1", "Attributes": {"container": CID}},
+            },
+            CID,
+            id="network connect marks the container",
+        ),
+        pytest.param(
+            {"Type": "network", "Action": "create", "Actor": {"ID": "n1", "Attributes": {}}},
+            None,
+            id="network create marks nothing",
+        ),
+        pytest.param(
+            {"status": "start", "id": CID, "Type": "container"}, CID, id="pre-1.22 event shape"
+        ),
+        pytest.param({"Type": "image", "Action": "pull"}, None, id="other types ignored"),
+        pytest.param({"Type": "container", "Action": "start"}, None, id="no actor id"),
+        pytest.param(
+            {"Type": "container", "Action": "start", "Actor": "garbage"}, None, id="bad actor"
+        ),
+    ],
+)
+def test_event_container_id(event: dict[str, Any], expected: str | None) -> None:
+    assert event_container_id(event) == expected
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        pytest.param(container_event("kill", signal="15"), True, id="SIGTERM by number"),
+        pytest.param(container_event("kill", signal="9"), True, id="SIGKILL"),
+        pytest.param(container_event("kill", signal="SIGTERM"), True, id="SIGTERM by name"),
+        pytest.param(container_event("kill", signal="1"), False, id="SIGHUP reloads, no drain"),
+        pytest.param(container_event("kill"), False, id="no signal attribute"),
+        pytest.param(container_event("die"), False, id="die is too late to drain"),
+    ],
+)
+def test_is_stop_signal(event: dict[str, Any], expected: bool) -> None:
+    assert is_stop_signal(event) is expected
+
+
+@pytest.mark.parametrize(
+    ("time_nano", "expected"),
+    [
+        pytest.param(1_700_000_000_123_456_789, "1700000000.123456789", id="nanoseconds kept"),
+        pytest.param(1_700_000_000_000_000_001, "1700000000.000000001", id="leading zeros"),
+        pytest.param(0, "0.000000000", id="epoch"),
+    ],
+)
+def test_since_from_time_nano(time_nano: int, expected: str) -> None:
+    assert since_from_time_nano(time_nano) == expected
+
+
+SWARM_ACTIVE = {"LocalNodeState": "active", "NodeAddr": "198.18.5.10"}
+CONSUL_SELF = {"Member": {"Addr": "198.18.9.9"}, "Config": {"NodeName": "consul-1"}}
+
+
+@pytest.mark.parametrize(
+    ("argv", "info", "consul_self", "node", "address"),
+    [
+        pytest.param(
+            [],
+            {"Name": "host-a"},
+            CONSUL_SELF,
+            "host-a",
+            "198.18.9.9",
+            id="no swarm: the Consul agent's advertised address",
+        ),
+        pytest.param(
+            [],
+            {"Name": "host-a", "Swarm": SWARM_ACTIVE},
+            CONSUL_SELF,
+            "host-a",
+            "198.18.5.10",
+            id="swarm: the node address",
+        ),
+        pytest.param(
+            [],
+            {"Name": "host-a", "Swarm": {"LocalNodeState": "inactive", "NodeAddr": "198.18.5.10"}},
+            CONSUL_SELF,
+            "host-a",
+            "198.18.9.9",
+            id="inactive swarm ignored",
+        ),
+        pytest.param(
+            ["-ip", "198.18.7.7"],
+            {"Name": "host-a", "Swarm": SWARM_ACTIVE},
+            CONSUL_SELF,
+            "host-a",
+            "198.18.7.7",
+            id="-ip beats everything",
+        ),
+        pytest.param(
+            ["-node", "n9"],
+            {"Name": "host-a"},
+            {},
+            "n9",
+            "",
+            id="-node beats Docker's name; no address known",
+        ),
+    ],
+)
+def test_plan_context(
+    argv: list[str], info: dict[str, Any], consul_self: dict[str, Any], node: str, address: str
+) -> None:
+    settings = parse_args(argv, {}).settings
+    identity, context = plan_context(settings, info, consul_self)
+    assert (identity.node, identity.default_address) == (node, address)
+    assert (context.node, context.default_address) == (node, address)
+
+
+def test_plan_context_without_any_node_name_is_a_startup_error() -> None:
+    with pytest.raises(StartupError, match="-node"):
+        plan_context(parse_args([], {}).settings, {}, {})
