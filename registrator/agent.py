@@ -81,6 +81,15 @@ def since_from_time_nano(time_nano: int) -> str:
     return f"{time_nano // 1_000_000_000}.{time_nano % 1_000_000_000:09d}"
 
 
+def _hint(err: DockerError | ConsulError) -> str:
+    if isinstance(err, ConsulError) and err.status in {401, 403}:
+        return (
+            " (Consul refused the ACL token: check CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE "
+            "and that its policy grants agent:read and service:write)"
+        )
+    return ""
+
+
 def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -156,6 +165,9 @@ class Agent:
             try:
                 return await call()
             except (DockerError, ConsulError) as err:
+                if not err.transient:
+                    # A 4xx (a refused ACL token, an API too old) will not change by waiting.
+                    raise StartupError(f"{what}: {err}{_hint(err)}") from err
                 tried += 1
                 if attempts >= 0 and tried > attempts:
                     raise StartupError(f"{what}: {err}") from err
@@ -242,13 +254,19 @@ class Agent:
             await self._full_requested.wait()
             self._full_requested.clear()
             ok = await self.reconciler.full_reconcile()
-            self.consul_ok = ok or self.consul_ok
+            self.consul_ok = self.reconciler.consul_up
             if ok:
                 backoff = 0.5
                 continue
-            await asyncio.sleep(backoff + random.uniform(0, backoff / 4))
+            # Backoff, cut short by a new request (the resync timer, a Docker reconnect): a
+            # failure must not push the next scheduled resync further out.
+            try:
+                await asyncio.wait_for(
+                    self._full_requested.wait(), backoff + random.uniform(0, backoff / 4)
+                )
+            except TimeoutError:
+                self._full_requested.set()
             backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
-            self._full_requested.set()
 
     async def _resync_timer(self) -> None:
         while True:

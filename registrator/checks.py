@@ -20,7 +20,9 @@ DOCKER_HEALTH_KIND = "docker-health"
 TTL_HEARTBEAT_KIND = "registrator-ttl"
 
 # Go's time.ParseDuration, as Consul reads durations: "10s", "1m30s", "1.5h", "250ms".
-_DURATION = re.compile(r"^(?:0|(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$")
+# A bare "0" is the only unitless form, and only on its own ("00" and "1s0" are errors).
+# ASCII digits only: Go's parser (and so Consul) refuses "٣s", which \d alone would accept.
+_DURATION = re.compile(r"^(?:0|(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+)$", re.ASCII)
 _HEADER_LINE = re.compile(r"^\s*([^:\s][^:]*):\s*(.*)$")
 _INITIAL_STATUSES = frozenset({"passing", "warning", "critical"})
 
@@ -83,6 +85,7 @@ class ChecksResult:
     checks: tuple[Check, ...]
     problems: tuple[Problem, ...]
     script: str = ""
+    script_interval: float = 0.0  # seconds between runs of `script` (SERVICE_CHECK_INTERVAL)
 
 
 def build_checks(
@@ -135,7 +138,8 @@ def build_checks(
     ):
         raw = metadata.get(key).strip()
         if raw:
-            if raw.isdigit():
+            # ASCII and short: int() raises on "²" and on strings over 4300 digits.
+            if raw.isascii() and raw.isdigit() and len(raw) <= 9:
                 common[field] = int(raw)
             else:
                 problem(key, f"{raw!r} is not a non-negative integer; ignored")
@@ -162,7 +166,7 @@ def build_checks(
         if header_text.strip():
             try:
                 fields["Header"] = _parse_headers(header_text)
-            except (ValueError, json.JSONDecodeError) as err:
+            except (ValueError, RecursionError) as err:  # RecursionError: absurdly deep JSON
                 problem(header_key, f"bad header ({err}); {kind} check skipped")
                 continue
         body = metadata.get(f"CHECK_{kind}_BODY", metadata.get("CHECK_BODY"))
@@ -195,6 +199,7 @@ def build_checks(
             problem("CHECK_TTL", f"{ttl_value!r} is not a duration like 30s; check skipped")
 
     script = metadata.get("CHECK_SCRIPT").strip()
+    script_interval = 0.0
     if script and common_ok:
         # Run by registrator inside the container (docker exec) and reported to this TTL
         # check, so Consul needs no enable_script_checks and no access to the container.
@@ -202,6 +207,7 @@ def build_checks(
         fields = {"TTL": ttl_for_script, "Notes": f"registrator runs: {script}"}
         fields.update({k: v for k, v in common.items() if k not in {"Timeout"}})
         add(SCRIPT_KIND, "Script in container", fields, probing=False)
+        script_interval = duration_seconds(interval or DEFAULT_INTERVAL)
     elif script:
         script = ""
 
@@ -226,17 +232,18 @@ def build_checks(
             {"TTL": f"{ttl}s", "Status": "passing"},
             probing=False,
         )
-    return ChecksResult(tuple(checks), tuple(problems), script)
+    return ChecksResult(tuple(checks), tuple(problems), script, script_interval)
 
 
 def _script_ttl(interval: str) -> str:
     """Three missed script runs before Consul gives up on the agent reporting."""
-    seconds = duration_seconds(interval)
-    return f"{max(3 * seconds, 30):g}s"
+    seconds = max(3 * duration_seconds(interval), 30)
+    # Fixed-point: `:g` would give "1.08e+06s" for long intervals, which Go cannot parse.
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
 
 
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", re.ASCII)
 
 
 def duration_seconds(text: str) -> float:

@@ -37,6 +37,11 @@ EXIT_CONFIG = 2
 GLIDERLABS_SOCKET = "/tmp/docker.sock"
 
 
+# Fields some log calls attach (`extra=`), emitted as JSON keys so a log pipeline can filter
+# on them without parsing the message.
+JSON_LOG_FIELDS = ("container", "service_id", "reason")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -45,6 +50,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for name in JSON_LOG_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = str(value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)

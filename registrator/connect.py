@@ -30,9 +30,20 @@ class ConnectResult:
 
 def _port(text: str) -> int | None:
     stripped = text.strip()
-    if stripped.isdigit() and 0 < int(stripped) < 65536:
+    # ASCII and short: int() raises on "²" and on strings over 4300 digits.
+    if (
+        stripped.isascii()
+        and stripped.isdigit()
+        and len(stripped) <= 5
+        and 0 < int(stripped) < 65536
+    ):
         return int(stripped)
     return None
+
+
+def _reject_constant(name: str) -> object:
+    """NaN and Infinity parse in Python but are not JSON; Consul would refuse the payload."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def parse_upstreams(text: str) -> list[dict[str, object]]:
@@ -118,8 +129,8 @@ def build_connect(metadata: Metadata, container: Container) -> ConnectResult:
     raw_config = metadata.get("CONNECT_PROXY_CONFIG").strip()
     if raw_config:
         try:
-            config = json.loads(raw_config)
-        except ValueError as err:
+            config = json.loads(raw_config, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as err:  # RecursionError: absurdly deep JSON
             return fail("CONNECT_PROXY_CONFIG", f"not JSON ({err})")
         if not isinstance(config, dict):
             return fail("CONNECT_PROXY_CONFIG", "must be a JSON object")

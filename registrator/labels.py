@@ -60,7 +60,9 @@ def service_metadata(container: Container, port: int | None) -> Metadata:
             rank = rank_base
             scoped = _PORT_SCOPED.match(rest)
             if scoped:
-                if port is None or int(scoped.group(1)) != port:
+                # Compared as text: int() refuses digit strings over 4300 long and reads
+                # non-ASCII digits ("٨٠") that no Docker port is written in.
+                if port is None or scoped.group(1).lstrip("0") != str(port):
                     continue
                 rest = scoped.group(2)
                 rank += 2
@@ -168,7 +170,7 @@ def service_meta(metadata: Metadata, container: Container) -> tuple[dict[str, st
         meta_key = key.lower()
         origin = metadata.origin(key)
         reason = ""
-        if not _META_KEY.match(meta_key):
+        if not _META_KEY.fullmatch(meta_key):
             reason = "not a valid Consul meta key (letters, digits, '_' and '-' only)"
         elif len(meta_key) > META_MAX_KEY_LENGTH:
             reason = f"meta key longer than {META_MAX_KEY_LENGTH} characters"
@@ -176,7 +178,8 @@ def service_meta(metadata: Metadata, container: Container) -> tuple[dict[str, st
             reason = "meta keys starting with 'consul-' are reserved by Consul"
         elif meta_key in OWNER_META_KEYS:
             reason = "meta key is reserved by registrator for ownership"
-        elif len(value) > META_MAX_VALUE_LENGTH:
+        elif len(value.encode("utf-8")) > META_MAX_VALUE_LENGTH:
+            # Consul counts bytes (Go string length), not characters.
             reason = f"meta value longer than {META_MAX_VALUE_LENGTH} characters"
         elif len(meta) >= META_MAX_KEYS - len(OWNER_META_KEYS):
             reason = f"more than {META_MAX_KEYS - len(OWNER_META_KEYS)} meta keys"

@@ -114,6 +114,7 @@ class Service:
     connect: Mapping[str, object] | None = None
     # Command registrator itself runs in the container for the script check (not sent).
     script: str = ""
+    script_interval: float = 0.0  # seconds between script runs (not sent either)
 
 
 @dataclass(frozen=True)

@@ -124,15 +124,19 @@ def keeps_registrations(container: Container, mode: DeregisterMode) -> bool:
 
 
 def choose_network(
-    container: Container, preferred: str, problems: _Problems
+    container: Container,
+    preferred: str,
+    problems: _Problems,
+    origin: str = "REGISTRATOR_NETWORK",
 ) -> NetworkAttachment | None:
+    """The network whose address to register; `origin` names where `preferred` came from."""
     attached = [n for n in container.networks if n.ip]
     if preferred:
         for network in attached:
             if network.name == preferred:
                 return network
         problems.add(
-            "SERVICE_NETWORK / REGISTRATOR_NETWORK",
+            origin,
             f"container is not on network {preferred!r} "
             f"(it is on: {', '.join(n.name for n in attached) or 'none'}); choosing another",
         )
@@ -158,10 +162,13 @@ def _endpoints(
     if container.network_mode == "host":
         return [_Endpoint(p.port, p.protocol, host_address, p.port) for p in container.ports]
     if ctx.internal:
-        network = choose_network(container, base.get("NETWORK") or ctx.network, problems)
+        if not container.ports:
+            # Nothing to register here; `_synthetic_endpoint` chooses (and warns) itself.
+            return []
+        preferred, origin = _preferred_network(base, ctx)
+        network = choose_network(container, preferred, problems, origin)
         if network is None:
-            if container.ports:
-                problems.add("-internal", "container has no address on any network; not registered")
+            problems.add("-internal", "container has no address on any network; not registered")
             return []
         return [_Endpoint(p.port, p.protocol, network.ip, p.port) for p in container.ports]
     endpoints = []
@@ -174,6 +181,13 @@ def _endpoints(
         )
         endpoints.append(_Endpoint(port.port, port.protocol, address, binding.host_port))
     return endpoints
+
+
+def _preferred_network(base: Metadata, ctx: PlanContext) -> tuple[str, str]:
+    """The network asked for, and the label/env var or option that asked for it."""
+    if base.get("NETWORK"):
+        return base.get("NETWORK"), base.origin("NETWORK")
+    return ctx.network, "REGISTRATOR_NETWORK"
 
 
 def _pick_binding(port: ContainerPort) -> PortBinding | None:
@@ -201,14 +215,15 @@ def _synthetic_endpoint(
     raw = base.get("PORT").strip()
     if not raw:
         return []
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 5 and 0 < int(raw) < 65536):
         problems.add(base.origin("PORT"), f"{raw!r} is not a port number (1-65535); ignored")
         return []
     port = int(raw)
     if container.network_mode == "host":
         address = ctx.host_ip or ctx.default_address
     else:
-        network = choose_network(container, base.get("NETWORK") or ctx.network, problems)
+        preferred, origin = _preferred_network(base, ctx)
+        network = choose_network(container, preferred, problems, origin)
         if network is None:
             problems.add(base.origin("PORT"), "container has no network address; not registered")
             return []
@@ -337,6 +352,7 @@ def _service(
         checks=built.checks,
         connect=connect.connect,
         script=built.script,
+        script_interval=built.script_interval,
     )
 
 

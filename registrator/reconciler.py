@@ -22,7 +22,7 @@ from registrator.connect import sidecar_id
 from registrator.consul import ConsulClient, ConsulError
 from registrator.containers import InspectError, parse_container
 from registrator.docker import DockerClient, DockerError
-from registrator.model import META_HASH, Container, HeldService, Plan, Service
+from registrator.model import META_HASH, Check, Container, HeldService, Plan, Service
 from registrator.payload import held_from_agent, held_from_service, payload_hash, registration
 from registrator.planner import PlanContext, desired_services, keeps_registrations, plan_changes
 from registrator.settings import DeregisterMode
@@ -30,6 +30,7 @@ from registrator.settings import DeregisterMode
 log = logging.getLogger(__name__)
 
 FULL_RECONCILE_CONCURRENCY = 16
+_BACKEND_NAMES = {"docker": "Docker", "consul": "Consul"}
 _HEALTH_TO_CONSUL = {"healthy": "passing", "unhealthy": "critical"}
 
 
@@ -107,9 +108,12 @@ class Reconciler:
         self._reported_problems: dict[str, frozenset[str]] = {}
         # service id → (payload hash, Consul's reason) of registrations Consul refused.
         self._rejections: dict[str, tuple[str, str]] = {}
-        self._check_status: dict[str, tuple[str, str]] = {}
+        # check id → (status, output, time.monotonic() when sent) of the last update we sent.
+        self._check_status: dict[str, tuple[str, str, float]] = {}
         self._script_tasks: dict[str, asyncio.Task[None]] = {}
         self._full_lock = asyncio.Lock()
+        # Backends ("docker", "consul") that failed transiently and have not answered since.
+        self._down: set[str] = set()
 
     # --- triggers -------------------------------------------------------------------------
 
@@ -154,13 +158,16 @@ class Reconciler:
                 listed = await self.docker.list_containers()
                 entries = await self.consul.services()
             except DockerError as err:
-                self._error("docker", f"full reconcile: cannot list containers: {err}")
+                # Retried by the agent until it works: logged once per outage (transient).
+                self._error("docker", f"full reconcile: cannot list containers: {err}", True)
                 self.retry_needed = True
                 return False
             except ConsulError as err:
-                self._error("consul", f"full reconcile: cannot list Consul services: {err}")
+                self._error("consul", f"full reconcile: cannot list Consul services: {err}", True)
                 self.retry_needed = True
                 return False
+            self._answered("docker")
+            self._answered("consul")
             self.retry_needed = False
 
             fresh: dict[str, dict[str, HeldService]] = {}
@@ -223,7 +230,9 @@ class Reconciler:
         try:
             container = await self._container(container_id, list_state, force_inspect)
         except DockerError as err:
-            self._error("docker", f"container {container_id[:12]}: inspect failed: {err}")
+            self._error(
+                "docker", f"container {container_id[:12]}: inspect failed: {err}", err.transient
+            )
             self.retry_needed = True
             return
         held = self.held.get(container_id, {})
@@ -260,11 +269,12 @@ class Reconciler:
                 await self.consul.register(body)
             except ConsulError as err:
                 if err.transient:
-                    self._error("consul", f"register {service.id}: {err}")
+                    self._error("consul", f"register {service.id}: {err}", transient=True)
                     self.retry_needed = True
                 else:
                     self._reject(service, err)
                 continue
+            self._answered("consul")
             self._rejections.pop(service.id, None)
             await self._drop_orphaned_sidecar(self.registered.get(service.id), service)
             held[service.id] = held_from_service(service)
@@ -279,14 +289,16 @@ class Reconciler:
                 service.port,
                 name,
                 reason,
+                extra={"container": name, "service_id": service.id, "reason": reason},
             )
         for service_id in plan.deregister:
             try:
                 await self.consul.deregister(service_id)
             except ConsulError as err:
-                self._error("consul", f"deregister {service_id}: {err}")
+                self._error("consul", f"deregister {service_id}: {err}", err.transient)
                 self.retry_needed = True
                 continue
+            self._answered("consul")
             held.pop(service_id, None)
             old = self.registered.pop(service_id, None)
             for check in old.checks if old else ():
@@ -294,7 +306,13 @@ class Reconciler:
             self._rejections.pop(service_id, None)
             self.stats.deregistrations += 1
             why = "container gone" if container is None else _state_word(container)
-            log.info("deregistered %s for container %s: %s", service_id, name, why)
+            log.info(
+                "deregistered %s for container %s: %s",
+                service_id,
+                name,
+                why,
+                extra={"container": name, "service_id": service_id, "reason": why},
+            )
         if not held:
             self.held.pop(container_id, None)
 
@@ -319,18 +337,33 @@ class Reconciler:
             for check in service.checks:
                 if check.check_id.endswith(f":{checks_mod.DOCKER_HEALTH_KIND}"):
                     output = container.health_output or f"Docker reports {container.health}"
-                    await self.update_check(check.check_id, status, output)
+                    await self.update_check(
+                        check.check_id, status, output, refresh_after=_refresh_after(check)
+                    )
 
-    async def update_check(self, check_id: str, status: str, output: str) -> None:
-        """Report a check result, skipping writes that would change nothing."""
-        if self._check_status.get(check_id) == (status, output):
+    async def update_check(
+        self, check_id: str, status: str, output: str, refresh_after: float | None = None
+    ) -> None:
+        """Report a check result, skipping writes that would change nothing.
+
+        Every update also resets the TTL of the check in Consul; a TTL check that hears
+        nothing expires to critical. So an unchanged result is sent again once
+        `refresh_after` seconds have passed since the last write (never, if None).
+        """
+        last = self._check_status.get(check_id)
+        if (
+            last is not None
+            and last[:2] == (status, output)
+            and (refresh_after is None or time.monotonic() - last[2] < refresh_after)
+        ):
             return
         try:
             await self.consul.update_check(check_id, status, output)
         except ConsulError as err:
-            self._error("consul", f"update check {check_id}: {err}")
+            self._error("consul", f"update check {check_id}: {err}", err.transient)
             return
-        self._check_status[check_id] = (status, output)
+        self._answered("consul")
+        self._check_status[check_id] = (status, output, time.monotonic())
 
     def _sync_script_runners(self) -> None:
         wanted = {sid: s for sid, s in self.registered.items() if s.script}
@@ -343,21 +376,10 @@ class Reconciler:
 
     async def _run_script(self, service: Service) -> None:
         check = next(c for c in service.checks if c.check_id.endswith(f":{checks_mod.SCRIPT_KIND}"))
-        interval = (
-            checks_mod.duration_seconds(
-                str(
-                    next(
-                        (
-                            c.fields.get("Interval")
-                            for c in service.checks
-                            if "Interval" in c.fields
-                        ),
-                        checks_mod.DEFAULT_INTERVAL,
-                    )
-                )
-            )
-            or 10.0
+        interval = service.script_interval or checks_mod.duration_seconds(
+            checks_mod.DEFAULT_INTERVAL
         )
+        refresh_after = _refresh_after(check)
         try:
             command = shlex.split(service.script)
         except ValueError as err:
@@ -367,9 +389,11 @@ class Reconciler:
             try:
                 result = await self.docker.exec_run(service.container_id, command, timeout=interval)
                 status = {0: "passing", 1: "warning"}.get(result.exit_code, "critical")
-                await self.update_check(check.check_id, status, result.output)
+                await self.update_check(check.check_id, status, result.output, refresh_after)
             except DockerError as err:
-                await self.update_check(check.check_id, "critical", f"exec failed: {err}")
+                await self.update_check(
+                    check.check_id, "critical", f"exec failed: {err}", refresh_after
+                )
             await asyncio.sleep(interval)
 
     async def heartbeat_ttl(self) -> None:
@@ -443,9 +467,37 @@ class Reconciler:
                 message,
             )
 
-    def _error(self, kind: str, message: str) -> None:
+    def _error(self, kind: str, message: str, transient: bool = False) -> None:
+        """Count and log a failure; transient ones once per outage, not once per retry."""
         self.stats.errors[kind] += 1
-        log.error("%s", message)
+        if not transient:
+            log.error("%s", message)
+        elif kind in self._down:
+            log.debug("%s", message)  # still the same outage: said so already
+        else:
+            self._down.add(kind)
+            log.error(
+                "%s; %s looks unreachable: retrying quietly until it answers",
+                message,
+                _BACKEND_NAMES.get(kind, kind),
+            )
+
+    def _answered(self, kind: str) -> None:
+        """A call to `kind` worked: end its outage, if there was one, with one line."""
+        if kind in self._down:
+            self._down.discard(kind)
+            log.info("%s reachable again", _BACKEND_NAMES.get(kind, kind))
+
+    @property
+    def consul_up(self) -> bool:
+        """False from a transient Consul failure until the next call that works."""
+        return "consul" not in self._down
+
+
+def _refresh_after(check: Check) -> float | None:
+    """Resend an unchanged result to a TTL check after a third of its TTL."""
+    ttl = checks_mod.duration_seconds(str(check.fields.get("TTL", "")))
+    return ttl / 3 if ttl > 0 else None
 
 
 def _state_word(container: Container) -> str:

@@ -580,6 +580,11 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Command:
             raise ConfigError(str(err)) from None
         sources["consul"] = "registry URI"
 
+    if values.get("ttl", 0) == 1:
+        # Whole seconds leave no refresh below 1 (0 means "default"), so the check would flap.
+        raise ConfigError(
+            f"{sources['ttl']}: must be 0 (off) or at least 2, so -ttl-refresh can be below it"
+        )
     if values.get("ttl", 0) and values.get("ttl_refresh", 0) >= values["ttl"]:
         raise ConfigError(
             f"{sources.get('ttl_refresh', '-ttl-refresh')}: must be below -ttl "

@@ -1,0 +1,500 @@
+"""SERVICE_CHECK_* → Consul check definitions, and the Go durations they take."""
+
+from __future__ import annotations
+
+import pytest
+
+from registrator.checks import ChecksResult, Target, build_checks, check_id, is_duration
+from registrator.labels import service_metadata
+from tests.unit.builders import make_container
+
+SERVICE_ID = "node1:web-1:80"
+TARGET = Target("10.0.0.5", 8080)
+HTTP_URL = "http://10.0.0.5:8080/health"
+
+
+def build(
+    labels: dict[str, str],
+    *,
+    env: dict[str, str] | None = None,
+    health: str | None = None,
+    docker_health: bool = True,
+    initial: str = "critical",
+    ttl: int = 0,
+    target: Target = TARGET,
+) -> ChecksResult:
+    container = make_container(labels=labels, env=env or {}, health=health)
+    return build_checks(
+        service_metadata(container, 80),
+        SERVICE_ID,
+        target,
+        container,
+        docker_health=docker_health,
+        docker_health_initial=initial,
+        ttl=ttl,
+    )
+
+
+def by_kind(result: ChecksResult) -> dict[str, dict[str, object]]:
+    prefix = f"service:{SERVICE_ID}:"
+    assert all(check.check_id.startswith(prefix) for check in result.checks)
+    return {check.check_id[len(prefix) :]: dict(check.fields) for check in result.checks}
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/health"},
+            {"HTTP": HTTP_URL},
+            id="HTTP path on the registered address",
+        ),
+        pytest.param({"SERVICE_CHECK_HTTP": "health"}, {"HTTP": HTTP_URL}, id="path without /"),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "http://other:9000/x?y=1"},
+            {"HTTP": "http://other:9000/x?y=1"},
+            id="full URL kept",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "https://other/x"},
+            {"HTTP": "https://other/x"},
+            id="HTTP key with an https URL",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/health", "SERVICE_CHECK_HTTP_METHOD": "head"},
+            {"HTTP": HTTP_URL, "Method": "HEAD"},
+            id="method upper-cased",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/health", "SERVICE_CHECK_METHOD": "POST"},
+            {"HTTP": HTTP_URL, "Method": "POST"},
+            id="generic method",
+        ),
+        pytest.param(
+            {
+                "SERVICE_CHECK_HTTP": "/health",
+                "SERVICE_CHECK_HEADER": '{"X-A": "1", "X-B": ["2", "3"]}',
+            },
+            {"HTTP": HTTP_URL, "Header": {"X-A": ["1"], "X-B": ["2", "3"]}},
+            id="JSON header",
+        ),
+        pytest.param(
+            {
+                "SERVICE_CHECK_HTTP": "/health",
+                "SERVICE_CHECK_HEADER": "Authorization: Bearer a:b; X-Trace: 1\nX-Trace: 2",
+            },
+            {
+                "HTTP": HTTP_URL,
+                "Header": {"Authorization": ["Bearer a:b"], "X-Trace": ["1", "2"]},
+            },
+            id="Name: value header lines",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/health", "SERVICE_CHECK_BODY": '{"ping": 1}'},
+            {"HTTP": HTTP_URL, "Body": '{"ping": 1}'},
+            id="body",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/health", "SERVICE_CHECK_TLS_SKIP_VERIFY": "true"},
+            {"HTTP": HTTP_URL, "TLSSkipVerify": True},
+            id="TLS skip verify",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/health", "SERVICE_CHECK_TLS_SKIP_VERIFY": "false"},
+            {"HTTP": HTTP_URL},
+            id="TLS skip verify false",
+        ),
+        pytest.param(
+            {
+                "SERVICE_CHECK_HTTP": "/health",
+                "SERVICE_CHECK_INTERVAL": "5s",
+                "SERVICE_CHECK_TIMEOUT": "2s",
+                "SERVICE_CHECK_DEREGISTER_AFTER": "1m30s",
+            },
+            {
+                "HTTP": HTTP_URL,
+                "Interval": "5s",
+                "Timeout": "2s",
+                "DeregisterCriticalServiceAfter": "1m30s",
+            },
+            id="interval, timeout, deregister after",
+        ),
+        pytest.param(
+            {
+                "SERVICE_CHECK_HTTP": "/health",
+                "SERVICE_CHECK_SUCCESS_BEFORE_PASSING": "2",
+                "SERVICE_CHECK_FAILURES_BEFORE_CRITICAL": "3",
+                "SERVICE_CHECK_INITIAL_STATUS": "Passing",
+            },
+            {
+                "HTTP": HTTP_URL,
+                "SuccessBeforePassing": 2,
+                "FailuresBeforeCritical": 3,
+                "Status": "passing",
+            },
+            id="thresholds and initial status",
+        ),
+    ],
+)
+def test_http_check(labels: dict[str, str], expected: dict[str, object]) -> None:
+    result = build(labels)
+    assert result.problems == ()
+    assert by_kind(result) == {"http": {"Interval": "10s", **expected}}
+    assert result.checks[0].name == f"HTTP {expected['HTTP']}"
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        pytest.param(
+            {"SERVICE_CHECK_HTTPS": "/health"},
+            {"HTTP": "https://10.0.0.5:8080/health"},
+            id="HTTPS path",
+        ),
+        pytest.param(
+            {
+                "SERVICE_CHECK_HTTPS": "/health",
+                "SERVICE_CHECK_HTTPS_METHOD": "put",
+                "SERVICE_CHECK_METHOD": "post",
+                "SERVICE_CHECK_HTTPS_HEADER": "X-Only: https",
+                "SERVICE_CHECK_HEADER": "X-Generic: 1",
+                "SERVICE_CHECK_HTTPS_BODY": "b",
+                "SERVICE_CHECK_BODY": "generic",
+            },
+            {
+                "HTTP": "https://10.0.0.5:8080/health",
+                "Method": "PUT",
+                "Header": {"X-Only": ["https"]},
+                "Body": "b",
+            },
+            id="HTTPS-specific keys beat the generic ones",
+        ),
+    ],
+)
+def test_https_check(labels: dict[str, str], expected: dict[str, object]) -> None:
+    result = build(labels)
+    assert result.problems == ()
+    assert by_kind(result) == {"https": {"Interval": "10s", **expected}}
+
+
+def test_ipv6_target_is_bracketed() -> None:
+    result = build(
+        {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TCP": "true"}, target=Target("fd00::5", 80)
+    )
+    checks = by_kind(result)
+    assert checks["http"]["HTTP"] == "http://[fd00::5]:80/h"
+    assert checks["tcp"]["TCP"] == "[fd00::5]:80"
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        pytest.param({"SERVICE_CHECK_TCP": "true"}, {"tcp": {"TCP": "10.0.0.5:8080"}}, id="TCP"),
+        pytest.param({"SERVICE_CHECK_TCP": "1"}, {"tcp": {"TCP": "10.0.0.5:8080"}}, id="TCP 1"),
+        pytest.param(
+            {"SERVICE_CHECK_TCP": "db.internal:5432"},
+            {"tcp": {"TCP": "db.internal:5432"}},
+            id="TCP host:port",
+        ),
+        pytest.param({"SERVICE_CHECK_TCP": "false"}, {}, id="TCP false"),
+        pytest.param(
+            {"SERVICE_CHECK_GRPC": "true"}, {"grpc": {"GRPC": "10.0.0.5:8080"}}, id="GRPC"
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_GRPC": "grpc.health.v1.Health"},
+            {"grpc": {"GRPC": "10.0.0.5:8080/grpc.health.v1.Health"}},
+            id="GRPC with service name",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_GRPC": "yes", "SERVICE_CHECK_GRPC_USE_TLS": "true"},
+            {"grpc": {"GRPC": "10.0.0.5:8080", "GRPCUseTLS": True}},
+            id="GRPC with TLS",
+        ),
+        pytest.param({"SERVICE_CHECK_GRPC": "no"}, {}, id="GRPC no"),
+    ],
+)
+def test_tcp_and_grpc_checks(
+    labels: dict[str, str], expected: dict[str, dict[str, object]]
+) -> None:
+    result = build(labels)
+    assert result.problems == ()
+    assert by_kind(result) == {
+        kind: {"Interval": "10s", **fields} for kind, fields in expected.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        pytest.param({"SERVICE_CHECK_TTL": "30s"}, {"TTL": "30s"}, id="TTL has no interval"),
+        pytest.param(
+            {
+                "SERVICE_CHECK_TTL": "30s",
+                "SERVICE_CHECK_TIMEOUT": "1s",
+                "SERVICE_CHECK_DEREGISTER_AFTER": "10m",
+                "SERVICE_CHECK_INITIAL_STATUS": "warning",
+            },
+            {"TTL": "30s", "DeregisterCriticalServiceAfter": "10m", "Status": "warning"},
+            id="TTL takes deregister-after and status, not timeout",
+        ),
+    ],
+)
+def test_ttl_check(labels: dict[str, str], expected: dict[str, object]) -> None:
+    result = build(labels)
+    assert result.problems == ()
+    assert by_kind(result) == {"ttl": expected}
+    assert result.checks[0].name == "TTL 30s (application heartbeats)"
+
+
+@pytest.mark.parametrize(
+    ("interval", "ttl"),
+    [
+        pytest.param("", "30s", id="default interval: 30s floor"),
+        pytest.param("250ms", "30s", id="short interval: 30s floor"),
+        pytest.param("1m", "180s", id="three intervals"),
+        pytest.param("1.5h", "16200s", id="fractional hours"),
+        pytest.param("100h", "1080000s", id="long interval in fixed point"),
+    ],
+)
+def test_script_check_is_a_ttl_registrator_reports_to(interval: str, ttl: str) -> None:
+    labels = {
+        "SERVICE_CHECK_SCRIPT": " curl -f localhost/health ",
+        "SERVICE_CHECK_INTERVAL": interval,
+    }
+    result = build(labels)
+    assert result.problems == ()
+    assert result.script == "curl -f localhost/health"
+    assert by_kind(result) == {
+        "script": {"TTL": ttl, "Notes": "registrator runs: curl -f localhost/health"}
+    }
+    assert is_duration(ttl)
+
+
+@pytest.mark.parametrize(
+    ("health", "docker_health", "labels", "expected"),
+    [
+        pytest.param("starting", True, {}, "critical", id="present"),
+        pytest.param("healthy", True, {}, "critical", id="initial status until the agent reports"),
+        pytest.param(None, True, {}, None, id="no HEALTHCHECK"),
+        pytest.param("healthy", False, {}, None, id="-docker-health=false"),
+        pytest.param(
+            "healthy", True, {"SERVICE_CHECK_DOCKER_HEALTH": "false"}, None, id="label opt-out"
+        ),
+        pytest.param(
+            "healthy", True, {"SERVICE_CHECK_DOCKER_HEALTH": "true"}, "critical", id="label true"
+        ),
+    ],
+)
+def test_docker_health_check(
+    health: str | None, docker_health: bool, labels: dict[str, str], expected: str | None
+) -> None:
+    result = build(labels, health=health, docker_health=docker_health)
+    checks = by_kind(result)
+    if expected is None:
+        assert checks == {}
+    else:
+        assert checks == {
+            "docker-health": {
+                "TTL": "24h",
+                "Status": expected,
+                "Notes": "mirrors the container's Docker HEALTHCHECK",
+            }
+        }
+
+
+def test_docker_health_initial_status_is_configurable() -> None:
+    result = build({}, health="starting", initial="warning")
+    assert by_kind(result)["docker-health"]["Status"] == "warning"
+
+
+@pytest.mark.parametrize(
+    ("ttl", "expected"),
+    [
+        pytest.param(0, {}, id="off"),
+        pytest.param(15, {"registrator-ttl": {"TTL": "15s", "Status": "passing"}}, id="-ttl 15"),
+    ],
+)
+def test_ttl_heartbeat(ttl: int, expected: dict[str, dict[str, object]]) -> None:
+    assert by_kind(build({}, ttl=ttl)) == expected
+
+
+def test_several_checks_at_once_in_a_stable_order() -> None:
+    labels = {
+        "SERVICE_CHECK_HTTP": "/h",
+        "SERVICE_CHECK_HTTPS": "/s",
+        "SERVICE_CHECK_TCP": "true",
+        "SERVICE_CHECK_GRPC": "true",
+        "SERVICE_CHECK_TTL": "1m",
+        "SERVICE_CHECK_SCRIPT": "true",
+    }
+    first = build(labels, health="healthy", ttl=20)
+    assert [c.check_id for c in first.checks] == [
+        f"service:{SERVICE_ID}:{kind}"
+        for kind in (
+            "http",
+            "https",
+            "tcp",
+            "grpc",
+            "ttl",
+            "script",
+            "docker-health",
+            "registrator-ttl",
+        )
+    ]
+    # Same input, same ids: a resync must not reset the statuses Consul keeps per check id.
+    assert build(labels, health="healthy", ttl=20) == first
+
+
+def test_check_id() -> None:
+    assert check_id("node1:web:80:udp", "tcp") == "service:node1:web:80:udp:tcp"
+
+
+@pytest.mark.parametrize(
+    ("labels", "env", "problem_key", "kinds"),
+    [
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_INTERVAL": "10"},
+            {},
+            "label SERVICE_CHECK_INTERVAL",
+            [],
+            id="unitless interval skips the probe",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_TIMEOUT": "soon"},
+            {},
+            "label SERVICE_CHECK_TIMEOUT",
+            [],
+            id="bad timeout",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_GRPC": "true", "SERVICE_CHECK_DEREGISTER_AFTER": "1d"},
+            {},
+            "label SERVICE_CHECK_DEREGISTER_AFTER",
+            [],
+            id="days are not a Go unit",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_TTL": "1m", "SERVICE_CHECK_INTERVAL": "x"},
+            {},
+            "label SERVICE_CHECK_INTERVAL",
+            ["ttl"],
+            id="bad interval does not drop a TTL check",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_SCRIPT": "true"},
+            {"SERVICE_CHECK_INTERVAL": "-5s"},
+            "env SERVICE_CHECK_INTERVAL",
+            [],
+            id="bad interval from env drops the script",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_TTL": "30"},
+            {},
+            "label SERVICE_CHECK_TTL",
+            [],
+            id="unitless TTL",
+        ),
+        pytest.param(
+            {"SERVICE_80_CHECK_TTL": "1s0"},
+            {},
+            "label SERVICE_80_CHECK_TTL",
+            [],
+            id="port-scoped origin, digits after the unit",
+        ),
+        pytest.param(
+            {
+                "SERVICE_CHECK_HTTP": "/h",
+                "SERVICE_CHECK_TCP": "1",
+                "SERVICE_CHECK_HEADER": "nocolon",
+            },
+            {},
+            "label SERVICE_CHECK_HEADER",
+            ["tcp"],
+            id="bad header drops only the HTTP check",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_HEADER": '{"X-A": 1}'},
+            {},
+            "label SERVICE_CHECK_HEADER",
+            [],
+            id="JSON header value not a string",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_HEADER": "{not json"},
+            {},
+            "label SERVICE_CHECK_HEADER",
+            [],
+            id="broken JSON header",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTPS": "/h", "SERVICE_CHECK_HTTPS_HEADER": "::"},
+            {},
+            "label SERVICE_CHECK_HTTPS_HEADER",
+            [],
+            id="HTTPS header",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_INITIAL_STATUS": "ok"},
+            {},
+            "label SERVICE_CHECK_INITIAL_STATUS",
+            ["tcp"],
+            id="unknown initial status ignored",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_SUCCESS_BEFORE_PASSING": "-1"},
+            {},
+            "label SERVICE_CHECK_SUCCESS_BEFORE_PASSING",
+            ["tcp"],
+            id="negative threshold ignored",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_FAILURES_BEFORE_CRITICAL": "two"},
+            {},
+            "label SERVICE_CHECK_FAILURES_BEFORE_CRITICAL",
+            ["tcp"],
+            id="word threshold ignored",
+        ),
+    ],
+)
+def test_bad_values_are_problems(
+    labels: dict[str, str], env: dict[str, str], problem_key: str, kinds: list[str]
+) -> None:
+    result = build(labels, env=env)
+    assert list(by_kind(result)) == kinds
+    (problem,) = result.problems
+    assert (problem.container, problem.key) == ("web-1", problem_key)
+    assert str(problem).startswith(f"container web-1: {problem_key}: ")
+    if not kinds:
+        assert result.script == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        pytest.param("10s", True, id="10s"),
+        pytest.param("1m30s", True, id="1m30s"),
+        pytest.param("1.5h", True, id="1.5h"),
+        pytest.param("250ms", True, id="250ms"),
+        pytest.param("0", True, id="bare 0"),
+        pytest.param("0s", True, id="0s"),
+        pytest.param(".5s", True, id=".5s"),
+        pytest.param("1.s", True, id="1.s (Go accepts)"),
+        pytest.param("1h2m3s4ms5us6ns", True, id="every unit"),
+        pytest.param("3µs", True, id="micro sign"),
+        pytest.param(" 10s ", True, id="padding ignored"),
+        pytest.param("10", False, id="no unit"),
+        pytest.param("s", False, id="no number"),
+        pytest.param("-1s", False, id="negative"),
+        pytest.param("+1s", False, id="plus sign"),
+        pytest.param("10 s", False, id="space inside"),
+        pytest.param("1d", False, id="days"),
+        pytest.param("", False, id="empty"),
+        pytest.param("00", False, id="00"),
+        pytest.param("1s0", False, id="trailing digits"),
+        pytest.param("0.5", False, id="unitless fraction"),
+        pytest.param("1S", False, id="units are case-sensitive"),
+        pytest.param("10s\n1", False, id="second line"),
+    ],
+)
+def test_is_duration(text: str, valid: bool) -> None:
+    assert is_duration(text) is valid
