@@ -48,17 +48,21 @@ LABEL org.opencontainers.image.title="registrator" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.source="https://github.com/registrator-py/registrator"
 COPY --from=build /opt/venv /opt/venv
-COPY docker/healthcheck.py /opt/registrator/healthcheck.py
+COPY docker/healthcheck.py docker/entrypoint.py /opt/registrator/
 # Plain /etc/passwd lines rather than useradd: the base may be a minimal debootstrap.
 RUN echo 'registrator:x:10001:10001:registrator:/nonexistent:/usr/sbin/nologin' >> /etc/passwd \
  && echo 'registrator:x:10001:' >> /etc/group \
  && if [ -n "${DOCKER_GID}" ]; then echo "docker-host:x:${DOCKER_GID}:registrator" >> /etc/group; fi
+# The health server listens on the container's loopback by default, so the HEALTHCHECK below
+# is a readiness check (Docker and Consul reachable, first reconcile done) without exposing
+# anything; set REGISTRATOR_HTTP_ADDR=:PORT to let Prometheus scrape /metrics.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
-USER 10001
-# TODO: once deployments set REGISTRATOR_HTTP_ADDR by default, this is a readiness check on
-# /health; until then, without it, the check is liveness only (see docker/healthcheck.py).
+    PYTHONUNBUFFERED=1 \
+    REGISTRATOR_HTTP_ADDR=127.0.0.1:9876
+# No USER line on purpose: started as root (as gliderlabs stack files do, with no `user:`), the
+# entrypoint drops to uid 10001 with the Docker socket's group before registrator starts;
+# started as `user: "10001:<gid>"` it just runs. Either way the agent never runs as root.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python3", "/opt/registrator/healthcheck.py"]
-ENTRYPOINT ["registrator"]
+ENTRYPOINT ["python3", "/opt/registrator/entrypoint.py"]

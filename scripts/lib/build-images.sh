@@ -17,10 +17,27 @@
 # the image that stamp names is gone. The debootstrap tarball is cached there too, so it is made
 # once per machine (about a minute).
 #
-# Usage: build-images.sh [--quiet]     (needs a Docker daemon that answers; see ensure-docker.sh)
+# Only when asked (`dind` argument, or REGISTRATOR_BUILD_DIND=1), so the demo never pays for it:
+#   registrator-test/dind:latest         Debian bookworm minbase + docker.io, iptables, iproute2,
+#                                        ca-certificates (debootstrap + `docker import`): an engine
+#                                        to run inside a container, for the multi-node swarm tests
+#                                        (tests/e2e/test_multinode.py). Its tarball is cached under
+#                                        .../registrator-tests/dind/ (about a minute, once; 550 MB).
+#
+# Usage: build-images.sh [--quiet] [dind]  (needs a Docker daemon that answers; see ensure-docker.sh)
 # Environment: DEBIAN_MIRROR (default: the host's first deb.debian.org-style URI, else
-# http://deb.debian.org/debian), CONSUL_BIN (default: scripts/lib/build-consul.sh's binary).
+# http://deb.debian.org/debian), CONSUL_BIN (default: scripts/lib/build-consul.sh's binary),
+# REGISTRATOR_BUILD_DIND=1 (same as the `dind` argument).
 set -euo pipefail
+
+build_dind="${REGISTRATOR_BUILD_DIND:-0}"
+for arg in "$@"; do
+  case "$arg" in
+    --quiet) ;;
+    dind) build_dind=1 ;;
+    *) echo "usage: build-images.sh [--quiet] [dind]" >&2; exit 2 ;;
+  esac
+done
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -35,6 +52,7 @@ CONSUL_VERSION="${CONSUL_VERSION:-1.14.0}"
 CONSUL_IMAGE="registrator-test/consul:$CONSUL_VERSION"
 WEB_IMAGE="registrator-test/web:latest"
 ECHO_IMAGE="registrator-test/http-echo:latest"
+DIND_IMAGE="registrator-test/dind:latest"
 SUITE="bookworm"
 
 log() { printf 'build-images: %s\n' "$*" >&2; }
@@ -107,7 +125,7 @@ base_id="$(docker image inspect --format '{{.Id}}' "$BASE_IMAGE")"
 
 cd "$repo"
 mapfile -t sources < <(find registrator -name '*.py' -o -name py.typed | LC_ALL=C sort)
-sources+=(pyproject.toml README.md Dockerfile .dockerignore docker/healthcheck.py)
+sources+=(pyproject.toml README.md Dockerfile .dockerignore docker/healthcheck.py docker/entrypoint.py)
 reg_digest="$( { hash_files "${sources[@]}"; echo "$base_id"; } | sha256sum | cut -d' ' -f1)"
 if up_to_date "$REGISTRATOR_IMAGE" "$reg_digest" && docker image inspect "$REGISTRATOR_TEST_TAG" >/dev/null 2>&1; then
   log "$REGISTRATOR_IMAGE is up to date"
@@ -249,7 +267,43 @@ chmod 0755 "$root/bin/http-echo"
 import_root "$ECHO_IMAGE" "$root" \
   'ENTRYPOINT ["/bin/http-echo"]' 'EXPOSE 5678' 'ENV PATH=/bin'
 
-for image in "$BASE_IMAGE" "$REGISTRATOR_IMAGE" "$CONSUL_IMAGE" "$WEB_IMAGE" "$ECHO_IMAGE"; do
+# ---------------------------------------------------------------------------------------------
+# 4. (only when asked) an engine in a container: Docker-in-Docker nodes for multi-node swarms.
+# `--privileged` does not work on every machine; tests/e2e/test_multinode.py shows the flags
+# that run it without.
+
+built=("$BASE_IMAGE" "$REGISTRATOR_IMAGE" "$CONSUL_IMAGE" "$WEB_IMAGE" "$ECHO_IMAGE")
+if [[ "$build_dind" == 1 ]]; then
+  dind_tar="$cache_root/dind/$SUITE-minbase-dind.tar"
+  if [[ ! -s "$dind_tar" ]]; then
+    "$here/ensure-pkg.sh" /usr/sbin/debootstrap debootstrap
+    log "debootstrap $SUITE (minbase + docker.io, iptables, iproute2) from $mirror — about a minute, once"
+    mkdir -p "$(dirname "$dind_tar")"
+    root="$work/dind-rootfs"
+    debootstrap --variant=minbase --include=docker.io,iptables,iproute2,ca-certificates \
+      "$SUITE" "$root" "$mirror" > "$work/debootstrap-dind.log" 2>&1 ||
+      { tail -n 30 "$work/debootstrap-dind.log" >&2; exit 1; }
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
+      "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
+    tar -C "$root" --sort=name --mtime=@0 --numeric-owner -cf "$dind_tar.tmp" .
+    mv "$dind_tar.tmp" "$dind_tar"
+    rm -rf "$root"
+  fi
+  dind_changes=('ENV LANG=C.UTF-8' 'CMD ["dockerd", "--storage-driver", "vfs"]')
+  dind_digest="$( { sha256sum < "$dind_tar"; printf '%s\n' "${dind_changes[@]}"; } | sha256sum | cut -d' ' -f1)"
+  if up_to_date "$DIND_IMAGE" "$dind_digest"; then
+    log "$DIND_IMAGE is up to date"
+  else
+    log "importing $DIND_IMAGE"
+    args=()
+    for change in "${dind_changes[@]}"; do args+=(--change "$change"); done
+    docker import "${args[@]}" - "$DIND_IMAGE" < "$dind_tar" >/dev/null
+    record "$DIND_IMAGE" "$dind_digest"
+  fi
+  built+=("$DIND_IMAGE")
+fi
+
+for image in "${built[@]}"; do
   log "$(docker image inspect --format "$image {{.Id}} {{.Size}}" "$image" |
     awk '{printf "%s %.19s %.1f MB", $1, $2, $3/1e6}')"
 done
