@@ -107,10 +107,10 @@ class ConsulClient:
                     raise ConsulError(
                         f"{method} {path}: answer is not JSON: {text[:100]!r}"
                     ) from None
+        except TimeoutError as err:  # first: TimeoutError is an OSError since Python 3.3
+            raise ConsulError(f"{method} {path}: no answer within {self._timeout:g} s") from err
         except (aiohttp.ClientError, OSError) as err:
             raise ConsulError(f"{method} {path}: {type(err).__name__}: {err}") from err
-        except TimeoutError as err:
-            raise ConsulError(f"{method} {path}: no answer within {self._timeout:g} s") from err
 
     async def _call(
         self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None

@@ -128,10 +128,10 @@ class DockerClient:
                     raise DockerError(
                         f"{method} {path}: answer is not JSON: {text[:100]!r}"
                     ) from None
+        except TimeoutError as err:  # first: TimeoutError is an OSError since Python 3.3
+            raise DockerError(f"{method} {path}: no answer within {self._timeout:g} s") from err
         except (aiohttp.ClientError, OSError) as err:
             raise DockerError(f"{method} {path}: {type(err).__name__}: {err}") from err
-        except TimeoutError as err:
-            raise DockerError(f"{method} {path}: no answer within {self._timeout:g} s") from err
 
     async def negotiate(self) -> str:
         """Pick the API version both sides speak; returns the daemon's version string."""

@@ -112,6 +112,8 @@ class Reconciler:
         self._check_status: dict[str, tuple[str, str, float]] = {}
         self._script_tasks: dict[str, asyncio.Task[None]] = {}
         self._full_lock = asyncio.Lock()
+        # Containers written for since the current full reconcile listed Consul's services.
+        self._applied_since_listing: set[str] = set()
         # Backends ("docker", "consul") that failed transiently and have not answered since.
         self._down: set[str] = set()
 
@@ -154,6 +156,7 @@ class Reconciler:
         """
         async with self._full_lock:
             started = time.monotonic()
+            self._applied_since_listing.clear()
             try:
                 listed = await self.docker.list_containers()
                 entries = await self.consul.services()
@@ -181,7 +184,10 @@ class Reconciler:
 
             async def one(container_id: str) -> None:
                 async with semaphore, self._locks.hold(container_id):
-                    self.held[container_id] = dict(fresh.get(container_id, {}))
+                    # An event-driven reconcile that wrote since the listing knows better than
+                    # the listing; replacing its state would redo (and re-log) its writes.
+                    if container_id not in self._applied_since_listing:
+                        self.held[container_id] = dict(fresh.get(container_id, {}))
                     # A container missing from the list may have been created after it:
                     # inspect to tell "gone" from "new" instead of deregistering it.
                     state = states.get(container_id)
@@ -198,16 +204,19 @@ class Reconciler:
     async def _container(
         self, container_id: str, list_state: str | None, force_inspect: bool
     ) -> Container | None:
+        cached = self._inspect_cache.get(container_id)
         # Exited/created containers need a look only if they hold services and might keep
-        # them (-deregister on-success needs the exit code).
+        # them (-deregister on-success needs the exit code). A list taken just before the
+        # container started still says "created": if an inspect made since (events drop the
+        # cache) disagrees, the list is stale, so look instead of deregistering.
         if (
             list_state is not None
             and list_state not in {"running", "paused", "restarting"}
+            and (cached is None or cached.state == list_state)
             and (not self.held.get(container_id) or self.deregister_mode is DeregisterMode.ALWAYS)
         ):
             self._inspect_cache.pop(container_id, None)
             return None
-        cached = self._inspect_cache.get(container_id)
         if cached is not None and not force_inspect and cached.state == list_state:
             return cached.container
         document = await self.docker.inspect(container_id)
@@ -257,6 +266,7 @@ class Reconciler:
         self._sync_script_runners()
 
     async def _apply(self, container_id: str, container: Container | None, plan: Plan) -> None:
+        held_before = dict(self.held.get(container_id, {}))
         held = self.held.setdefault(container_id, {})
         name = container.name if container else container_id[:12]
         for service in plan.register:
@@ -315,6 +325,10 @@ class Reconciler:
             )
         if not held:
             self.held.pop(container_id, None)
+        if held_before != held:
+            # A write that finished after a full reconcile listed Consul is not in that
+            # listing (checked here, at the end, to cover writes started before the listing).
+            self._applied_since_listing.add(container_id)
 
     async def _drop_orphaned_sidecar(self, old: Service | None, new: Service) -> None:
         """Consul keeps a sidecar when its parent is re-registered without one; remove it."""
