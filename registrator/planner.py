@@ -86,17 +86,20 @@ class _Problems:
 
 
 def default_service_name(container: Container) -> str:
-    """Swarm service (stack prefix removed), else compose service, else image base name."""
-    swarm = container.labels.get(LABEL_SWARM_SERVICE, "")
+    """Swarm service (stack prefix removed), else compose service, else image base name.
+
+    Never blank: Consul refuses an empty name, and a blank one is no name at all.
+    """
+    swarm = container.labels.get(LABEL_SWARM_SERVICE, "").strip()
     if swarm:
         namespace = container.labels.get(LABEL_STACK_NAMESPACE, "")
         if namespace and swarm.startswith(f"{namespace}_"):
-            return swarm[len(namespace) + 1 :]
+            return swarm[len(namespace) + 1 :].strip() or swarm
         return swarm
-    compose = container.labels.get(LABEL_COMPOSE_SERVICE, "")
+    compose = container.labels.get(LABEL_COMPOSE_SERVICE, "").strip()
     if compose:
         return compose
-    return image_base_name(container.image) or container.name
+    return image_base_name(container.image).strip() or container.name
 
 
 def image_base_name(image: str) -> str:

@@ -251,8 +251,8 @@ class Reconciler:
             keep = keeps_registrations(container, self.deregister_mode)
             if not keep:
                 result = desired_services(container, self.context)
-                desired = result.services
-                self._report_problems(container, [str(p) for p in result.problems])
+                desired, taken = self._without_taken_ids(container_id, result.services)
+                self._report_problems(container, [str(p) for p in result.problems] + taken)
         else:
             self._reported_problems.pop(container_id, None)
         plan = plan_changes(desired, held, keep)
@@ -264,6 +264,36 @@ class Reconciler:
         if container is not None:
             await self._mirror_health(container, desired)
         self._sync_script_runners()
+
+    def _without_taken_ids(
+        self, container_id: str, services: tuple[Service, ...]
+    ) -> tuple[tuple[Service, ...], list[str]]:
+        """Drop services whose id another container already holds (first one keeps it).
+
+        Two containers with the same SERVICE_ID would otherwise take the registration from
+        each other on every reconcile. The loser registers once the holder lets go.
+        """
+        kept: list[Service] = []
+        problems: list[str] = []
+        for service in services:
+            holder = next(
+                (
+                    other
+                    for other, held in self.held.items()
+                    if other != container_id and service.id in held
+                ),
+                None,
+            )
+            if holder is None:
+                kept.append(service)
+                continue
+            holder_name = self.registered.get(service.id)
+            problems.append(
+                f"container {service.container_name}: service id {service.id!r}: already "
+                f"registered for container "
+                f"{holder_name.container_name if holder_name else holder[:12]}; skipped"
+            )
+        return tuple(kept), problems
 
     async def _apply(self, container_id: str, container: Container | None, plan: Plan) -> None:
         held_before = dict(self.held.get(container_id, {}))

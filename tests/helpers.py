@@ -478,7 +478,9 @@ def _is_stale(labels: Mapping[str, str]) -> bool:
 
 
 def remove_stale_resources(client: docker.DockerClient) -> None:
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
+    for container in client.containers.list(
+        all=True, filters={"label": LABEL}, ignore_removed=True
+    ):
         if _is_stale(container.labels):
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True, v=True)
