@@ -22,7 +22,7 @@
 #                                        ca-certificates (debootstrap + `docker import`): an engine
 #                                        to run inside a container, for the multi-node swarm tests
 #                                        (tests/e2e/test_multinode.py). Its tarball is cached under
-#                                        .../registrator-tests/dind/ (about a minute, once; 550 MB).
+#                                        .../registrator-tests/dind/ (about a minute, once; 390 MB).
 #
 # Usage: build-images.sh [--quiet] [dind]  (needs a Docker daemon that answers; see ensure-docker.sh)
 # Environment: DEBIAN_MIRROR (default: the host's first deb.debian.org-style URI, else
