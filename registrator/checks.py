@@ -15,6 +15,7 @@ from registrator.labels import Metadata, is_true_ignore
 from registrator.model import Check, Container, Problem
 
 DEFAULT_INTERVAL = "10s"
+SCRIPT_TIMEOUT_SECONDS = 30.0
 SCRIPT_KIND = "script"
 DOCKER_HEALTH_KIND = "docker-health"
 TTL_HEARTBEAT_KIND = "registrator-ttl"
@@ -86,6 +87,7 @@ class ChecksResult:
     problems: tuple[Problem, ...]
     script: str = ""
     script_interval: float = 0.0  # seconds between runs of `script` (SERVICE_CHECK_INTERVAL)
+    script_timeout: float = 0.0  # seconds one run may take (SERVICE_CHECK_TIMEOUT)
 
 
 def build_checks(
@@ -199,7 +201,7 @@ def build_checks(
             problem("CHECK_TTL", f"{ttl_value!r} is not a duration like 30s; check skipped")
 
     script = metadata.get("CHECK_SCRIPT").strip()
-    script_interval = 0.0
+    script_interval = script_timeout = 0.0
     if script and common_ok:
         # Run by registrator inside the container (docker exec) and reported to this TTL
         # check, so Consul needs no enable_script_checks and no access to the container.
@@ -208,6 +210,9 @@ def build_checks(
         fields.update({k: v for k, v in common.items() if k not in {"Timeout"}})
         add(SCRIPT_KIND, "Script in container", fields, probing=False)
         script_interval = duration_seconds(interval or DEFAULT_INTERVAL)
+        # Consul's own default for script checks; an exec on a loaded host can take longer
+        # than a short interval without the script failing.
+        script_timeout = duration_seconds(timeout) if timeout else SCRIPT_TIMEOUT_SECONDS
     elif script:
         script = ""
 
@@ -232,7 +237,7 @@ def build_checks(
             {"TTL": f"{ttl}s", "Status": "passing"},
             probing=False,
         )
-    return ChecksResult(tuple(checks), tuple(problems), script, script_interval)
+    return ChecksResult(tuple(checks), tuple(problems), script, script_interval, script_timeout)
 
 
 def _script_ttl(interval: str) -> str:

@@ -115,6 +115,7 @@ class Service:
     # Command registrator itself runs in the container for the script check (not sent).
     script: str = ""
     script_interval: float = 0.0  # seconds between script runs (not sent either)
+    script_timeout: float = 0.0  # seconds one script run may take (not sent either)
 
 
 @dataclass(frozen=True)

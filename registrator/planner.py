@@ -356,6 +356,7 @@ def _service(
         connect=connect.connect,
         script=built.script,
         script_interval=built.script_interval,
+        script_timeout=built.script_timeout,
     )
 
 

@@ -205,15 +205,16 @@ class Reconciler:
         self, container_id: str, list_state: str | None, force_inspect: bool
     ) -> Container | None:
         cached = self._inspect_cache.get(container_id)
-        # Exited/created containers need a look only if they hold services and might keep
-        # them (-deregister on-success needs the exit code). A list taken just before the
-        # container started still says "created": if an inspect made since (events drop the
-        # cache) disagrees, the list is stale, so look instead of deregistering.
+        # Exited/created containers need a look only if they hold services: -deregister
+        # on-success needs the exit code, and a list taken just before the container started
+        # still says "created" while an event has already registered it. If an inspect made
+        # since disagrees with the list, the list is stale, so look instead of deregistering;
+        # events drop that cache, so holding services is reason enough to look.
         if (
             list_state is not None
             and list_state not in {"running", "paused", "restarting"}
             and (cached is None or cached.state == list_state)
-            and (not self.held.get(container_id) or self.deregister_mode is DeregisterMode.ALWAYS)
+            and not self.held.get(container_id)
         ):
             self._inspect_cache.pop(container_id, None)
             return None
@@ -431,7 +432,11 @@ class Reconciler:
             return
         while True:
             try:
-                result = await self.docker.exec_run(service.container_id, command, timeout=interval)
+                result = await self.docker.exec_run(
+                    service.container_id,
+                    command,
+                    timeout=service.script_timeout or checks_mod.SCRIPT_TIMEOUT_SECONDS,
+                )
                 status = {0: "passing", 1: "warning"}.get(result.exit_code, "critical")
                 await self.update_check(check.check_id, status, result.output, refresh_after)
             except DockerError as err:
