@@ -646,3 +646,37 @@ async def test_containers_sharing_a_service_id_do_not_flap_on_every_resync(
 
     # Whichever container wins, Consul should stop being rewritten once the agent has settled.
     assert len(set(owners[1:])) == 1, f"owner of {service_id} per resync: {owners}"
+
+
+# Traps SIGTERM and keeps serving for a few seconds, like an application draining connections.
+SLOW_STOP = "trap 'sleep 4; exit 0' TERM; while true; do sleep 1; done"
+
+
+async def test_drain_puts_services_in_maintenance_between_stop_signal_and_death(
+    start_agent: StartAgent, containers: ContainerFactory, consul: ConsulAgent
+) -> None:
+    running = await start_agent("-drain")
+    app = await run(
+        containers,
+        "draining",
+        command=["sh", "-c", SLOW_STOP],
+        labels={"SERVICE_NAME": unique("draining")},
+        ports={"80/tcp": None},
+    )
+    service_id = running.service_id(app.name, 80)
+    await running.wait_registered(service_id)
+    maintenance_check = f"_service_maintenance:{service_id}"
+
+    stopping = asyncio.create_task(asyncio.to_thread(app.stop, timeout=20))
+    # While the container is still finishing its work, Consul already routes around it.
+    check = await async_wait_until(
+        lambda: consul.checks().get(maintenance_check),
+        timeout=10,
+        message=f"{maintenance_check} never appeared after the stop signal",
+    )
+    assert check["Status"] == "critical"
+    assert service_id in running.of_containers(app.id), "drained, not yet deregistered"
+
+    await stopping
+    await running.wait_deregistered(service_id)
+    assert maintenance_check not in consul.checks()
