@@ -237,7 +237,7 @@ def remove_everything(prefix: str, stacks: Sequence[str], network: str) -> list[
 def deployment(swarm: None) -> Iterator[Deployment]:
     prefix = f"rte2e{secrets.token_hex(3)}"
     network = f"{prefix}-overlay"
-    stacks = [f"{prefix}-apps", f"{prefix}-reg", f"{prefix}-consul"]
+    stacks = [f"{prefix}-connect", f"{prefix}-apps", f"{prefix}-reg", f"{prefix}-consul"]
     http_port, dns_port = free_ports(2)
     registrator_image = (STAMP_DIR / "registrator-build-tag").read_text().strip()
     env = {
@@ -245,6 +245,8 @@ def deployment(swarm: None) -> Iterator[Deployment]:
         "REGISTRATOR_IMAGE": registrator_image,
         "WEB_IMAGE": WEB_IMAGE,
         "API_IMAGE": API_IMAGE,
+        "FRONTEND_IMAGE": WEB_IMAGE,
+        "BACKEND_IMAGE": WEB_IMAGE,
         "OVERLAY_NETWORK": network,
         "CONSUL_HTTP_PORT": str(http_port),
         "CONSUL_DNS_PORT": str(dns_port),
@@ -359,3 +361,33 @@ def test_removing_the_service_deregisters_every_task(deployment: Deployment) -> 
     # The other service is untouched.
     assert matches_tasks(deployment, "api-service", deployment.api, 3)
     assert time.monotonic() - started < CONVERGE
+
+
+def test_seed_connect_example_registers_sidecars_with_upstreams(deployment: Deployment) -> None:
+    """The seed's connect-enabled-service.yml, with SERVICE_CONNECT* keys instead of its
+    config files (deploy/connect-example.yml): both services get a sidecar registration, and
+    the backend's proxy carries the seed's `database` upstream on local port 5432."""
+    stack = f"{deployment.prefix}-connect"
+    stack_deploy(stack, "connect-example.yml", deployment.env)
+
+    def sidecars() -> dict[str, dict[str, Any]]:
+        found = {}
+        for name in ("frontend-sidecar-proxy", "backend-sidecar-proxy"):
+            for entry in deployment.consul(f"/v1/catalog/service/{name}") or []:
+                if f":{stack}_" in entry["ServiceID"]:
+                    found[name] = entry
+        return found
+
+    found = wait_until(
+        lambda: len(sidecars()) == 2 and sidecars(),
+        timeout=CONVERGE,
+        interval=0.5,
+        message="the connect example's sidecars were not registered",
+        ignore=(OSError, ValueError),
+    )
+    backend = found["backend-sidecar-proxy"]
+    assert backend["ServiceKind"] == "connect-proxy"
+    assert backend["ServiceProxy"]["DestinationServiceName"] == "backend"
+    upstreams = backend["ServiceProxy"]["Upstreams"]
+    assert [(u["DestinationName"], u["LocalBindPort"]) for u in upstreams] == [("database", 5432)]
+    assert found["frontend-sidecar-proxy"]["ServiceProxy"]["DestinationServiceName"] == "frontend"
