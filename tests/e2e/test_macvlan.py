@@ -21,15 +21,12 @@ containers on the shared engine are ignored.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import ipaddress
 import json
 import os
 import secrets
 import socket
-import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from typing import Any
 import pytest
 
 from registrator.model import META_CONTAINER, META_NODE
+from tests.e2e.support import exclusive, run, run_quietly
 from tests.helpers import (
     HTTPD_COMMAND,
     HTTPD_INDEX_MARKER,
@@ -55,7 +53,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.consul]
 
 REPO = Path(__file__).resolve().parents[2]
 ENSURE_PKG = REPO / "scripts" / "lib" / "ensure-pkg.sh"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "registrator-tests"
 TEST_IMAGE = os.environ.get("REGISTRATOR_TEST_IMAGE", "registrator-test/busybox:latest")
 
 SUBNET = ipaddress.IPv4Network("198.18.60.0/24")
@@ -67,34 +64,6 @@ LINK_PREFIX = "rtmv"
 NETWORK_LABEL = "registrator-test.macvlan"
 SERVICE_NAME = "macvlan-web"
 CONVERGE = 20.0  # seconds; the agent acts on events within a second, checks run every second
-
-
-def run(args: Sequence[str], timeout: float = 60) -> str:
-    """Runs a command; returns stdout, or fails with the command's output."""
-    done = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
-        )
-    return done.stdout
-
-
-def run_quietly(args: Sequence[str]) -> str | None:
-    """Runs a clean-up command; returns its error text instead of raising."""
-    done = subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=False)
-    return None if done.returncode == 0 else f"{' '.join(args)}: {done.stderr.strip()}"
-
-
-@contextlib.contextmanager
-def exclusive(name: str) -> Iterator[None]:
-    """Holds a machine-wide lock (a file under the tests' cache) for the block."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with (CACHE / f"{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def our_links() -> list[str]:

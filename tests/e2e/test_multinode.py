@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
-import fcntl
 import functools
 import json
 import os
@@ -47,6 +46,7 @@ from typing import Any
 import pytest
 
 from registrator.model import META_CONTAINER, META_NODE
+from tests.e2e.support import CACHE, exclusive, run, run_quietly
 from tests.helpers import LABEL, OWNER_LABEL, TEST_LABEL, wait_until
 
 pytestmark = pytest.mark.docker
@@ -54,7 +54,6 @@ pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 BUILD_IMAGES = REPO / "scripts" / "lib" / "build-images.sh"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "registrator-tests"
 STAMP_DIR = CACHE / "images"
 
 DIND_IMAGE = "registrator-test/dind:latest"
@@ -115,46 +114,6 @@ host, _, port = os.environ.get("REGISTRATOR_HTTP_ADDR", "127.0.0.1:9876").rparti
 host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 print(urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=4).read().decode())
 """
-
-
-def run(args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
-    """Runs a command; returns stdout, or fails with the command's output."""
-    done = subprocess.run(
-        list(args),
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
-        )
-    return done.stdout
-
-
-def run_quietly(args: Sequence[str], timeout: float = 120) -> str | None:
-    """Runs a clean-up command; returns its error text instead of raising."""
-    try:
-        done = subprocess.run(
-            list(args), capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return f"{' '.join(args)}: timed out after {timeout} s"
-    return None if done.returncode == 0 else f"{' '.join(args)}: {done.stderr.strip()}"
-
-
-@contextlib.contextmanager
-def exclusive(name: str) -> Iterator[None]:
-    """Holds a machine-wide lock (a file under the tests' cache) for the block."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with (CACHE / f"{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def parallel(calls: Sequence[Callable[[], Any]]) -> list[Any]:

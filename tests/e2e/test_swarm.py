@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.support import CACHE, docker_json, run
 from tests.helpers import free_ports, wait_until
 
 pytestmark = pytest.mark.docker
@@ -35,11 +36,7 @@ pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 BUILD_IMAGES = REPO / "scripts" / "lib" / "build-images.sh"
-STAMP_DIR = (
-    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    / "registrator-tests"
-    / "images"
-)
+STAMP_DIR = CACHE / "images"
 # Swarm's pool for overlays it numbers itself (ingress); ours get explicit /24s from OVERLAY_POOL.
 SWARM_ADDR_POOL = "198.18.128.0/17"
 OVERLAY_POOL = ipaddress.IPv4Network("198.18.192.0/18")
@@ -47,27 +44,6 @@ CONSUL_IMAGE = "registrator-test/consul:1.14.0"
 WEB_IMAGE = "registrator-test/web:latest"
 API_IMAGE = "registrator-test/http-echo:latest"
 CONVERGE = 60.0  # seconds any catalog change may take (registrator's own work is sub-second)
-
-
-def run(args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 120) -> str:
-    """Runs a command; returns stdout, or fails the test with the command's output."""
-    done = subprocess.run(
-        list(args),
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
-        )
-    return done.stdout
-
-
-def docker_json(*args: str) -> Any:
-    return json.loads(run(["docker", *args]))
 
 
 @dataclass(frozen=True)
@@ -378,13 +354,14 @@ def test_seed_connect_example_registers_sidecars_with_upstreams(deployment: Depl
                     found[name] = entry
         return found
 
-    found = wait_until(
-        lambda: len(sidecars()) == 2 and sidecars(),
+    wait_until(
+        lambda: len(sidecars()) == 2,
         timeout=CONVERGE,
         interval=0.5,
         message="the connect example's sidecars were not registered",
         ignore=(OSError, ValueError),
     )
+    found = sidecars()
     backend = found["backend-sidecar-proxy"]
     assert backend["ServiceKind"] == "connect-proxy"
     assert backend["ServiceProxy"]["DestinationServiceName"] == "backend"

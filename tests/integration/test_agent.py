@@ -21,6 +21,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
+from registrator.docker import CONTAINER_EVENTS
 from registrator.model import META_CONTAINER, META_NODE, META_SOURCE
 from tests.helpers import (
     HTTPD_COMMAND,
@@ -419,24 +420,7 @@ async def test_services_of_other_owners_survive_reconcile_and_shutdown(
 
 # Actions after which the agent may rightly write for a container; exec_*, attach, create,
 # resize and the like change nothing it registers.
-_WRITE_WORTHY_ACTIONS = frozenset(
-    {
-        "start",
-        "die",
-        "stop",
-        "kill",
-        "destroy",
-        "pause",
-        "unpause",
-        "restart",
-        "rename",
-        "update",
-        "oom",
-        "health_status",
-        "connect",
-        "disconnect",
-    }
-)
+_WRITE_WORTHY_ACTIONS = CONTAINER_EVENTS | {"connect", "disconnect"}
 
 
 def foreign_docker_events(
