@@ -375,7 +375,12 @@ async def test_https_and_grpc_checks_are_accepted_and_run(
     url = f"https://{target}/index.html"
     https = await wait_check(consul, check_id(sid, "https"), "critical", output_contains=url)
     assert (https["Type"], https["Interval"], https["Timeout"]) == ("http", "1s", "1s")
-    assert "HTTP response to HTTPS client" in https["Output"], https["Output"]
+    # Go reports a plain-HTTP answer, or the peer resetting the TLS handshake, depending on
+    # how busybox httpd reacts to the ClientHello; either shows a TLS probe really ran.
+    assert any(
+        sign in https["Output"]
+        for sign in ("HTTP response to HTTPS client", "connection reset by peer", "EOF")
+    ), https["Output"]
 
     grpc = await wait_check(consul, check_id(sid, "grpc"), "critical", output_contains="rpc error")
     assert (grpc["Type"], grpc["Interval"]) == ("grpc", "1s")
