@@ -110,7 +110,8 @@ class Reconciler:
         self._rejections: dict[str, tuple[str, str]] = {}
         # check id → (status, output, time.monotonic() when sent) of the last update we sent.
         self._check_status: dict[str, tuple[str, str, float]] = {}
-        self._script_tasks: dict[str, asyncio.Task[None]] = {}
+        # service id → (the Service its runner was started for, the runner).
+        self._script_tasks: dict[str, tuple[Service, asyncio.Task[None]]] = {}
         self._full_lock = asyncio.Lock()
         # Containers written for since the current full reconcile listed Consul's services.
         self._applied_since_listing: set[str] = set()
@@ -246,6 +247,7 @@ class Reconciler:
             self.retry_needed = True
             return
         held = self.held.get(container_id, {})
+        touched = set(held)
         desired: tuple[Service, ...] = ()
         keep = False
         if container is not None:
@@ -264,7 +266,7 @@ class Reconciler:
                 self.registered[service.id] = service
         if container is not None:
             await self._mirror_health(container, desired)
-        self._sync_script_runners()
+        self._sync_script_runners(touched | {service.id for service in desired})
 
     def _without_taken_ids(
         self, container_id: str, services: tuple[Service, ...]
@@ -276,7 +278,13 @@ class Reconciler:
         """
         kept: list[Service] = []
         problems: list[str] = []
+        own = self.held.get(container_id, {})
         for service in services:
+            if service.id in own:
+                # Already ours (the steady state): no other container can hold it, so the
+                # scan over every container below is needed only for ids new to this one.
+                kept.append(service)
+                continue
             holder = next(
                 (
                     other
@@ -410,14 +418,23 @@ class Reconciler:
         self._answered("consul")
         self._check_status[check_id] = (status, output, time.monotonic())
 
-    def _sync_script_runners(self) -> None:
-        wanted = {sid: s for sid, s in self.registered.items() if s.script}
-        for service_id in list(self._script_tasks):
-            if service_id not in wanted:
-                self._script_tasks.pop(service_id).cancel()
-        for service_id, service in wanted.items():
-            if service_id not in self._script_tasks:
-                self._script_tasks[service_id] = asyncio.create_task(self._run_script(service))
+    def _sync_script_runners(self, service_ids: Iterable[str]) -> None:
+        """Start, restart or stop the script runners of the services one reconcile touched.
+
+        Only those: scanning every registered service on each reconcile would make a full
+        reconcile quadratic in the number of containers.
+        """
+        for service_id in service_ids:
+            service = self.registered.get(service_id)
+            wanted = service if service is not None and service.script else None
+            running = self._script_tasks.get(service_id)
+            if running is not None and running[0] == wanted:
+                continue
+            if running is not None:
+                self._script_tasks.pop(service_id)[1].cancel()
+            if wanted is not None:
+                task = asyncio.create_task(self._run_script(wanted))
+                self._script_tasks[service_id] = (wanted, task)
 
     async def _run_script(self, service: Service) -> None:
         check = next(c for c in service.checks if c.check_id.endswith(f":{checks_mod.SCRIPT_KIND}"))
@@ -454,9 +471,10 @@ class Reconciler:
                     await self.update_check(check.check_id, "passing", "registrator is running")
 
     async def close(self) -> None:
-        for task in self._script_tasks.values():
+        tasks = [task for _, task in self._script_tasks.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._script_tasks.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._script_tasks.clear()
 
     async def drain(self, container_id: str) -> None:
