@@ -644,6 +644,8 @@ class BenchEnv:
             raise KeyboardInterrupt(f"signal {signum}")
 
         self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+        # Also when started in the background by a shell, which leaves SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             try:
                 self.client.images.get(self.image)
@@ -677,7 +679,14 @@ class BenchEnv:
         for consul in self.consuls:
             with contextlib.suppress(Exception):
                 consul.stop()
-        removed = self.remove_run_containers()
+        # Consul's data directories (~200 MB after a burst); its logs stay beside them.
+        for data in self.work.glob("consul-*/data-*"):
+            shutil.rmtree(data, ignore_errors=True)
+        try:
+            removed = self.remove_run_containers()
+        except docker.errors.DockerException as err:
+            print(f"cleanup: Docker did not answer ({err}); the next run removes what is left")
+            return
         network = "-"
         if self.network:
             network = self.network if self._remove_network(self.network) else "none"
