@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 
 OWNER_SOURCE = "registrator"
 META_SOURCE = "external-source"
@@ -63,11 +62,6 @@ class Container:
     health_output: str = ""
 
 
-class Severity(Enum):
-    WARNING = "warning"
-    INFO = "info"
-
-
 @dataclass(frozen=True)
 class Problem:
     """Something about a container's metadata that we could not honour, and why.
@@ -79,7 +73,6 @@ class Problem:
     container: str
     key: str
     reason: str
-    severity: Severity = Severity.WARNING
 
     def __str__(self) -> str:
         return f"container {self.container}: {self.key}: {self.reason}"

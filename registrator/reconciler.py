@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from registrator import checks as checks_mod
 from registrator.connect import sidecar_id
@@ -584,13 +583,3 @@ def _list_state(container: Container) -> str:
     if container.restarting:
         return "restarting"
     return "running" if container.running else "exited"
-
-
-def describe(reconciler: Reconciler) -> dict[str, Any]:
-    """A snapshot for debugging and the health endpoint."""
-    return {
-        "synced": reconciler.synced,
-        "owned_services": len(reconciler.owned_service_ids()),
-        "registrations": reconciler.stats.registrations,
-        "deregistrations": reconciler.stats.deregistrations,
-    }
