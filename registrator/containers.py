@@ -98,6 +98,11 @@ def _parse_networks(settings: Mapping[str, Any]) -> tuple[NetworkAttachment, ...
     return tuple(networks)
 
 
+def image_exposed_ports(data: Any) -> tuple[ContainerPort, ...]:
+    """The ports one `GET /images/{name}/json` answer EXPOSEs (none for a missing image)."""
+    return _parse_ports(_dict(_dict(data).get("Config")), {})
+
+
 def parse_container(data: Any) -> Container:
     """Turn one `GET /containers/{id}/json` answer into a Container."""
     doc = _dict(data)

@@ -42,6 +42,35 @@ class NetworkAttachment:
 
 
 @dataclass(frozen=True)
+class SwarmPort:
+    """One port a Swarm service publishes (`docker service create -p published:target`)."""
+
+    target: int
+    published: int
+    protocol: str
+    mode: str  # "ingress" (routing mesh, on every node) | "host" (only where a task runs)
+
+
+@dataclass(frozen=True)
+class SwarmService:
+    """What a manager's `GET /services/{id}` says that a task container cannot.
+
+    Workers cannot read services, so this is known only where the agent runs on a manager.
+    """
+
+    id: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)  # service (deploy) labels
+    container_labels: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[SwarmPort, ...] = ()
+    endpoint_mode: str = "vip"  # "vip" | "dnsrr"
+    # The service's virtual IP on each network it is attached to (network id → address).
+    virtual_ips: Mapping[str, str] = field(default_factory=dict)
+    image: str = ""
+
+
+@dataclass(frozen=True)
 class Container:
     """What the planner needs of one `docker inspect` answer."""
 
@@ -60,6 +89,8 @@ class Container:
     exit_code: int
     health: str | None = None
     health_output: str = ""
+    # The Swarm service this task container belongs to, when the agent could read it.
+    swarm_service: SwarmService | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from registrator import checks as checks_mod
 from registrator.connect import build_connect
@@ -38,6 +38,7 @@ from registrator.model import (
 )
 from registrator.payload import payload_hash
 from registrator.settings import DeregisterMode
+from registrator.swarm import is_vip_key, task_service_id
 
 LABEL_SWARM_SERVICE = "com.docker.swarm.service.name"
 LABEL_STACK_NAMESPACE = "com.docker.stack.namespace"
@@ -58,6 +59,9 @@ class PlanContext:
     ttl: int = 0
     docker_health: bool = True
     docker_health_initial: str = "critical"
+    # -swarm-vip: Swarm services are registered once at their virtual IP (by the leader's
+    # agent), so their task containers are not registered one by one.
+    swarm_vip: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,31 +162,73 @@ def choose_network(
     return candidates[0]
 
 
+def _ports(container: Container) -> tuple[ContainerPort, ...]:
+    """The container's ports, plus the targets its Swarm service publishes.
+
+    A Swarm service may publish a port its image never EXPOSEs; the publication says the
+    port is served just as clearly.
+    """
+    if container.swarm_service is None:
+        return container.ports
+    ports = {(p.port, p.protocol): p for p in container.ports}
+    for published in container.swarm_service.ports:
+        ports.setdefault(
+            (published.target, published.protocol),
+            ContainerPort(published.target, published.protocol),
+        )
+    return tuple(ports[key] for key in sorted(ports))
+
+
+def _ingress_port(container: Container, port: ContainerPort) -> int:
+    """The routing-mesh port published for this container port, if its service has one."""
+    if container.swarm_service is None:
+        return 0
+    for published in container.swarm_service.ports:
+        if (
+            published.mode == "ingress"
+            and published.published
+            and (published.target, published.protocol) == (port.port, port.protocol)
+        ):
+            return published.published
+    return 0
+
+
 def _endpoints(
     container: Container, ctx: PlanContext, base: Metadata, problems: _Problems
 ) -> list[_Endpoint]:
     host_address = ctx.host_ip or ctx.default_address
+    ports = _ports(container)
     if container.network_mode == "host":
-        return [_Endpoint(p.port, p.protocol, host_address, p.port) for p in container.ports]
-    if ctx.internal:
-        if not container.ports:
+        return [_Endpoint(p.port, p.protocol, host_address, p.port) for p in ports]
+    if ctx.internal or is_vip_key(container.id):
+        if not ports:
             # Nothing to register here; `_synthetic_endpoint` chooses (and warns) itself.
             return []
         preferred, origin = _preferred_network(base, ctx)
         network = choose_network(container, preferred, problems, origin)
         if network is None:
-            problems.add("-internal", "container has no address on any network; not registered")
+            if is_vip_key(container.id):
+                problems.add(
+                    "-swarm-vip", "service has no virtual IP on a usable network; not registered"
+                )
+            else:
+                problems.add("-internal", "container has no address on any network; not registered")
             return []
-        return [_Endpoint(p.port, p.protocol, network.ip, p.port) for p in container.ports]
+        return [_Endpoint(p.port, p.protocol, network.ip, p.port) for p in ports]
     endpoints = []
-    for port in container.ports:
+    for port in ports:
         binding = _pick_binding(port)
-        if binding is None:
+        if binding is not None:
+            address = ctx.host_ip or (
+                binding.host_ip if _is_specific(binding.host_ip) else ctx.default_address
+            )
+            endpoints.append(_Endpoint(port.port, port.protocol, address, binding.host_port))
             continue
-        address = ctx.host_ip or (
-            binding.host_ip if _is_specific(binding.host_ip) else ctx.default_address
-        )
-        endpoints.append(_Endpoint(port.port, port.protocol, address, binding.host_port))
+        # Published through the routing mesh: every node answers on the published port, so
+        # this node's address serves this task as well as any.
+        ingress = _ingress_port(container, port)
+        if ingress:
+            endpoints.append(_Endpoint(port.port, port.protocol, host_address, ingress))
     return endpoints
 
 
@@ -249,9 +295,24 @@ def _address_from_label(container: Container, ctx: PlanContext, problems: _Probl
         return ""
 
 
+def left_to_vip(container: Container, ctx: PlanContext) -> bool:
+    """-swarm-vip: this task container's service is registered at its VIP instead.
+
+    Where the service cannot be read (a worker), every task is left to the managers: the
+    endpoint mode is unknown there, and registering the task too would put the task address
+    next to the VIP under one name.
+    """
+    if not ctx.swarm_vip or is_vip_key(container.id) or not task_service_id(container):
+        return False
+    service = container.swarm_service
+    return service is None or service.endpoint_mode == "vip"
+
+
 def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
     """The services this container should have in Consul right now."""
     if not container.running or container.paused or container.restarting:
+        return ContainerPlan(())
+    if left_to_vip(container, ctx):
         return ContainerPlan(())
     problems = _Problems(container.name, list(problems_with_keys(container)))
     base = service_metadata(container, None)
@@ -318,7 +379,10 @@ def _service(
         # previous one in Consul; suffixing keeps each registration distinct.
         service_id = f"{service_id}:{suffix}"
     if not service_id:
-        service_id = f"{ctx.node}:{container.name}:{suffix}"
+        # A VIP registration belongs to the swarm, not to the node whose agent writes it: the
+        # next leader's agent must write the same id, not a second entry.
+        owner = "swarm" if is_vip_key(container.id) else ctx.node
+        service_id = f"{owner}:{container.name}:{suffix}"
 
     address = label_address or endpoint.address
     if not address:
@@ -341,6 +405,17 @@ def _service(
         ttl=ctx.ttl,
     )
     problems.items.extend(built.problems)
+    if built.script and is_vip_key(container.id):
+        # Script checks run inside the container; a VIP has none to run them in.
+        problems.add(
+            metadata.origin("CHECK_SCRIPT"), "a VIP registration cannot run a script; check skipped"
+        )
+        script_suffix = f":{checks_mod.SCRIPT_KIND}"
+        built = replace(
+            built,
+            checks=tuple(c for c in built.checks if not c.check_id.endswith(script_suffix)),
+            script="",
+        )
     connect = build_connect(metadata, container)
     problems.items.extend(connect.problems)
     return Service(

@@ -20,6 +20,7 @@ from registrator.planner import PlanContext
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 INSPECT_DIR = FIXTURES / "inspect"
+SWARM_DIR = FIXTURES / "swarm"
 PAYLOAD_DIR = FIXTURES / "payload"
 INSPECT_NAMES = tuple(sorted(path.stem for path in INSPECT_DIR.glob("*.json")))
 
@@ -28,13 +29,13 @@ NODE = "node1"
 
 
 @cache
-def _inspect_text(name: str) -> str:
-    return (INSPECT_DIR / f"{name}.json").read_text()
+def _fixture_text(path: Path) -> str:
+    return path.read_text()
 
 
-def inspect_document(name: str) -> dict[str, Any]:
+def inspect_document(name: str, directory: Path = INSPECT_DIR) -> dict[str, Any]:
     """A fresh copy of one captured document, safe to mutate."""
-    document: dict[str, Any] = json.loads(_inspect_text(name))
+    document: dict[str, Any] = json.loads(_fixture_text(directory / f"{name}.json"))
     return document
 
 

@@ -17,8 +17,18 @@ import pytest
 import registrator
 
 PACKAGE = Path(registrator.__file__).resolve().parent
-# connect.py is here because planner.py imports it.
-PURE = ("model", "labels", "checks", "planner", "payload", "settings", "containers", "connect")
+# connect.py and swarm.py are here because planner.py imports them.
+PURE = (
+    "model",
+    "labels",
+    "checks",
+    "planner",
+    "payload",
+    "settings",
+    "containers",
+    "connect",
+    "swarm",
+)
 IO_MODULES = frozenset(
     {"aiohttp", "asyncio", "docker", "socket", "subprocess", "tenacity", "prometheus_client"}
 )
