@@ -60,6 +60,15 @@ def event_container_id(event: dict[str, Any]) -> str | None:
     return None
 
 
+def event_service_id(event: dict[str, Any]) -> str | None:
+    """The Swarm service a service event (create, update, remove) is about."""
+    if event.get("Type") != "service":
+        return None
+    actor = event.get("Actor")
+    service_id = actor.get("ID") if isinstance(actor, dict) else None
+    return str(service_id) if service_id else None
+
+
 # Signals after which a container is expected to go away (docker stop, docker kill, Ctrl-C).
 _STOP_SIGNALS = frozenset({"2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM"})
 DRAIN_RECHECK_SECONDS = 30.0
@@ -132,8 +141,45 @@ def plan_context(
         ttl=settings.ttl,
         docker_health=settings.docker_health,
         docker_health_initial=settings.docker_health_initial,
+        swarm_vip=settings.swarm_vip,
     )
     return identity, context
+
+
+def swarm_manager_id(docker_info: dict[str, Any]) -> str:
+    """This engine's Swarm node id if it is an active manager (which can read services)."""
+    swarm = _dict(docker_info.get("Swarm"))
+    if swarm.get("LocalNodeState") != "active" or swarm.get("ControlAvailable") is not True:
+        return ""
+    return str(swarm.get("NodeID") or "")
+
+
+def swarm_notes(settings: Settings, docker_info: dict[str, Any]) -> list[str]:
+    """What this node cannot do in a swarm, to say once at startup."""
+    swarm = _dict(docker_info.get("Swarm"))
+    if swarm.get("LocalNodeState") != "active":
+        return (
+            ["-swarm-vip: this engine is not in a swarm; the option has no effect"]
+            if (settings.swarm_vip)
+            else []
+        )
+    if swarm_manager_id(docker_info):
+        return []
+    notes = []
+    if settings.swarm_vip:
+        notes.append(
+            "-swarm-vip on a Swarm worker: workers cannot read services, so this node's Swarm "
+            "tasks are left to the VIP registrations the leader's agent writes (tasks of "
+            "dnsrr services on this node are not registered)"
+        )
+    elif not settings.internal:
+        notes.append(
+            "Swarm worker: ports published through the routing mesh (ingress) cannot be read "
+            "here (services are visible to managers only), so tasks on this node are "
+            "registered only for host-mode published ports; use -internal to register task "
+            "addresses instead"
+        )
+    return notes
 
 
 class Agent:
@@ -187,7 +233,15 @@ class Agent:
         self.consul_ok = True
         self.identity, context = plan_context(self.settings, info, consul_self, docker_version)
         node, default_address = self.identity.node, self.identity.default_address
-        self.reconciler = Reconciler(self.docker, self.consul, context, self.settings.deregister)
+        self.reconciler = Reconciler(
+            self.docker,
+            self.consul,
+            context,
+            self.settings.deregister,
+            swarm_manager_id=swarm_manager_id(info),
+        )
+        for note in swarm_notes(self.settings, info):
+            log.warning("%s", note)
         log.info(
             "started: node %s, Docker %s at %s, Consul at %s (node %s), default address %s",
             node,
@@ -304,6 +358,9 @@ class Agent:
                     if isinstance(time_nano, int):
                         self._since = since_from_time_nano(time_nano)
                         self.reconciler.stats.last_event_lag = time.time() - time_nano / 1e9
+                    service_id = event_service_id(event)
+                    if service_id:
+                        self.reconciler.swarm_service_changed(service_id)
                     container_id = event_container_id(event)
                     if container_id:
                         if self.settings.drain and is_stop_signal(event):

@@ -173,23 +173,61 @@ class DockerClient:
             item for item in answer if isinstance(item, dict) and isinstance(item.get("Id"), str)
         ]
 
-    async def inspect(self, container_id: str) -> dict[str, Any] | None:
-        """The container's inspect document, or None if it no longer exists."""
-        answer = await self._request(
-            "GET", f"/containers/{quote(container_id, safe='')}/json", allow_404=True
-        )
-        if answer is None:
-            return None
-        if not isinstance(answer, dict):
-            raise DockerError(f"inspect {container_id[:12]}: unexpected answer")
+    async def _document(self, path: str) -> dict[str, Any] | None:
+        """One object's JSON document, or None if Docker has no such object (404)."""
+        answer = await self._request("GET", path, allow_404=True)
+        if answer is not None and not isinstance(answer, dict):
+            raise DockerError(f"GET {path}: unexpected answer")
         return answer
 
+    async def inspect(self, container_id: str) -> dict[str, Any] | None:
+        """The container's inspect document, or None if it no longer exists."""
+        return await self._document(f"/containers/{quote(container_id, safe='')}/json")
+
+    async def service(self, service_id: str) -> dict[str, Any] | None:
+        """A Swarm service's inspect document (managers only), or None if it is gone."""
+        return await self._document(f"/services/{quote(service_id, safe='')}")
+
+    async def services(self) -> list[dict[str, Any]]:
+        """Every Swarm service (managers only)."""
+        answer = await self._request("GET", "/services")
+        if not isinstance(answer, list):
+            raise DockerError("GET /services: unexpected answer")
+        return [item for item in answer if isinstance(item, dict)]
+
+    async def networks(self) -> list[dict[str, Any]]:
+        answer = await self._request("GET", "/networks")
+        if not isinstance(answer, list):
+            raise DockerError("GET /networks: unexpected answer")
+        return [item for item in answer if isinstance(item, dict)]
+
+    async def node(self, node_id: str) -> dict[str, Any]:
+        """A Swarm node's inspect document (managers only)."""
+        answer = await self._request("GET", f"/nodes/{quote(node_id, safe='')}")
+        if not isinstance(answer, dict):
+            raise DockerError(f"node {node_id[:12]}: unexpected answer")
+        return answer
+
+    async def image(self, reference: str) -> dict[str, Any] | None:
+        """An image's inspect document, or None if this engine does not have it."""
+        return await self._document(f"/images/{quote(reference, safe='/:@')}/json")
+
+    @property
+    def api_version(self) -> tuple[int, int]:
+        """The negotiated API version ((0, 0) before `negotiate`)."""
+        if not self._prefix:
+            return (0, 0)
+        return _version_tuple(self._prefix[2:])
+
     async def events(self, since: str | None) -> AsyncIterator[dict[str, Any]]:
-        """Container and network events, from `since` (Docker's `seconds.nanoseconds`) on.
+        """Container, network and (API 1.30+) service events, from `since` (Docker's
+        `seconds.nanoseconds`) on.
 
         Yields until the daemon closes the stream; raises DockerError if it breaks.
         """
-        params = {"filters": json.dumps({"type": ["container", "network"]})}
+        # Service events exist since API 1.30; an older daemon would refuse the filter.
+        types = ["container", "network"] + (["service"] if self.api_version >= (1, 30) else [])
+        params = {"filters": json.dumps({"type": types})}
         if since:
             params["since"] = since
         url = f"{self._base}{self._prefix}/events"

@@ -14,22 +14,40 @@ import shlex
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from registrator import checks as checks_mod
 from registrator.connect import sidecar_id
 from registrator.consul import ConsulClient, ConsulError
-from registrator.containers import InspectError, parse_container
+from registrator.containers import InspectError, image_exposed_ports, parse_container
 from registrator.docker import DockerClient, DockerError
-from registrator.model import META_HASH, Check, Container, HeldService, Plan, Service
+from registrator.model import (
+    META_HASH,
+    Check,
+    Container,
+    ContainerPort,
+    HeldService,
+    Plan,
+    Service,
+    SwarmService,
+)
 from registrator.payload import held_from_agent, held_from_service, payload_hash, registration
 from registrator.planner import PlanContext, desired_services, keeps_registrations, plan_changes
 from registrator.settings import DeregisterMode
+from registrator.swarm import (
+    is_vip_key,
+    parse_service,
+    task_service_id,
+    vip_container,
+    vip_key,
+)
 
 log = logging.getLogger(__name__)
 
 FULL_RECONCILE_CONCURRENCY = 16
-_BACKEND_NAMES = {"docker": "Docker", "consul": "Consul"}
+# "swarm": a manager's service reads, which can fail (no quorum, a demoted node) while the
+# rest of Docker answers; kept apart so one does not end the other's outage in the logs.
+_BACKEND_NAMES = {"docker": "Docker", "consul": "Consul", "swarm": "Swarm service reads"}
 _HEALTH_TO_CONSUL = {"healthy": "passing", "unhealthy": "critical"}
 
 
@@ -88,11 +106,21 @@ class Reconciler:
         consul: ConsulClient,
         context: PlanContext,
         deregister_mode: DeregisterMode = DeregisterMode.ALWAYS,
+        swarm_manager_id: str = "",
     ) -> None:
         self.docker = docker
         self.consul = consul
         self.context = context
         self.deregister_mode = deregister_mode
+        # The Swarm node id when this engine is a manager (only managers can read services).
+        self.swarm_manager_id = swarm_manager_id
+        self.swarm_leader = False
+        # Swarm service id → what a manager said of it (None: no such service).
+        self._swarm_services: dict[str, SwarmService | None] = {}
+        self._swarm_stale: set[str] = set()  # changed since read: read again before use
+        self._network_names: dict[str, str] = {}  # non-ingress network id → name
+        self._known_networks: set[str] = set()  # every network id, ingress included
+        self._image_ports: dict[str, tuple[ContainerPort, ...]] = {}
         self.stats = Stats()
         # container id → service id → what Consul holds for it (as far as we know).
         self.held: dict[str, dict[str, HeldService]] = {}
@@ -172,6 +200,7 @@ class Reconciler:
             self._answered("docker")
             self._answered("consul")
             self.retry_needed = False
+            vip_keys = await self._refresh_swarm()
 
             fresh: dict[str, dict[str, HeldService]] = {}
             for entry in entries.values():
@@ -179,7 +208,7 @@ class Reconciler:
                 if held is not None:
                     fresh.setdefault(held.container_id, {})[held.id] = held
             states = {str(item["Id"]): str(item.get("State", "")) for item in listed}
-            container_ids = set(states) | set(fresh) | set(self.held)
+            container_ids = set(states) | set(fresh) | set(self.held) | vip_keys
             semaphore = asyncio.Semaphore(FULL_RECONCILE_CONCURRENCY)
 
             async def one(container_id: str) -> None:
@@ -233,15 +262,146 @@ class Reconciler:
         self._inspect_cache[container_id] = _CachedInspect(state, container)
         return container
 
+    # --- Swarm services (managers only) ----------------------------------------------------
+
+    def swarm_service_changed(self, service_id: str) -> None:
+        """A service event: read the service again, and replan everything that depends on it."""
+        if not self.swarm_manager_id:
+            return
+        self._swarm_stale.add(service_id)
+        for container_id, cached in list(self._inspect_cache.items()):
+            if task_service_id(cached.container) == service_id:
+                self.mark(container_id)
+        if self.context.swarm_vip:
+            self.mark(vip_key(service_id))
+
+    async def _refresh_swarm(self) -> set[str]:
+        """Full reconcile on a manager: one read of every service (fresher and cheaper than
+        one read per task), the leadership, and the networks a VIP may be registered on.
+
+        Returns the VIP keys to reconcile. A failure keeps what was known: the next resync
+        reads again, and a stale port beats dropping registrations over a hiccup.
+        """
+        if not self.swarm_manager_id:
+            return set()
+        try:
+            documents = await self.docker.services()
+            services = {}
+            for document in documents:
+                try:
+                    service = parse_service(document)
+                except InspectError as err:
+                    self._error("swarm", f"GET /services: {err}")
+                    continue
+                services[service.id] = service
+            if self.context.swarm_vip:
+                node = await self.docker.node(self.swarm_manager_id)
+                manager_status = node.get("ManagerStatus")
+                leader = isinstance(manager_status, dict) and manager_status.get("Leader") is True
+                if leader != self.swarm_leader:
+                    log.info(
+                        "this node %s the Swarm leader: %s VIP registrations",
+                        "is now" if leader else "is no longer",
+                        "writing" if leader else "leaving",
+                    )
+                self.swarm_leader = leader
+                await self._refresh_networks()
+        except DockerError as err:
+            self._error("swarm", f"full reconcile: cannot read Swarm services: {err}", True)
+            self.retry_needed = True
+            return self._vip_keys_held()
+        self._answered("swarm")
+        self._swarm_services = dict(services)
+        self._swarm_stale.clear()
+        if not self.context.swarm_vip:
+            return set()
+        return {vip_key(service_id) for service_id in services} | self._vip_keys_held()
+
+    def _vip_keys_held(self) -> set[str]:
+        return {key for key in self.held if is_vip_key(key)}
+
+    async def _refresh_networks(self) -> None:
+        usable, known = {}, set()
+        for network in await self.docker.networks():
+            network_id, name = network.get("Id"), network.get("Name")
+            if not isinstance(network_id, str) or not isinstance(name, str):
+                continue
+            known.add(network_id)
+            if network.get("Ingress") is not True:
+                usable[network_id] = name
+        self._network_names, self._known_networks = usable, known
+
+    async def _swarm_service(self, service_id: str) -> SwarmService | None:
+        """What a manager says of one service; cached until an event or a resync."""
+        known = service_id in self._swarm_services
+        if known and service_id not in self._swarm_stale:
+            return self._swarm_services[service_id]
+        try:
+            document = await self.docker.service(service_id)
+            service = parse_service(document) if document is not None else None
+        except InspectError as err:
+            self._error("swarm", f"service {service_id[:12]}: {err}")
+            service = None
+        except DockerError as err:
+            if not known:
+                raise
+            # Keep the last answer: dropping a task's routing-mesh port over one failed
+            # read would deregister it until the next read works.
+            self._error("swarm", f"service {service_id[:12]}: {err}", err.transient)
+            self.retry_needed = True
+            return self._swarm_services[service_id]
+        self._answered("swarm")
+        self._swarm_services[service_id] = service
+        self._swarm_stale.discard(service_id)
+        return service
+
+    async def _with_swarm_service(self, container: Container | None) -> Container | None:
+        if container is None or not self.swarm_manager_id or not container.running:
+            return container
+        service_id = task_service_id(container)
+        if not service_id:
+            return container
+        return replace(container, swarm_service=await self._swarm_service(service_id))
+
+    async def _vip_container(self, key: str) -> Container | None:
+        """-swarm-vip: the service as one container at its VIPs, if this node should write it.
+
+        Only the Swarm leader's agent writes VIP registrations, so several managers running
+        registrator do not each register every service; an agent that is not (or no longer)
+        the leader gets None here and so removes any it still holds.
+        """
+        if not (self.context.swarm_vip and self.swarm_manager_id and self.swarm_leader):
+            return None
+        service = await self._swarm_service(key.split(":", 1)[1])
+        if service is None or service.endpoint_mode != "vip":
+            return None
+        if not self._known_networks.issuperset(service.virtual_ips):
+            await self._refresh_networks()  # a network created since the last listing
+        return vip_container(service, self._network_names, await self._image_exposed(service))
+
+    async def _image_exposed(self, service: SwarmService) -> tuple[ContainerPort, ...]:
+        """The ports the service's image EXPOSEs, if this engine has the image."""
+        if not service.image:
+            return ()
+        if service.image not in self._image_ports:
+            document = await self.docker.image(service.image)
+            self._image_ports[service.image] = image_exposed_ports(document)
+        return self._image_ports[service.image]
+
     async def _reconcile_locked(
         self, container_id: str, list_state: str | None, force_inspect: bool
     ) -> None:
         self.stats.container_reconciles += 1
         try:
-            container = await self._container(container_id, list_state, force_inspect)
+            if is_vip_key(container_id):
+                container = await self._vip_container(container_id)
+            else:
+                container = await self._with_swarm_service(
+                    await self._container(container_id, list_state, force_inspect)
+                )
         except DockerError as err:
             self._error(
-                "docker", f"container {container_id[:12]}: inspect failed: {err}", err.transient
+                "docker", f"container {container_id[:12]}: cannot read it: {err}", err.transient
             )
             self.retry_needed = True
             return

@@ -72,6 +72,7 @@ class Settings:
     use_ip_from_label: str = ""
     node: str = ""
     network: str = ""
+    swarm_vip: bool = False
     ttl: int = 0
     ttl_refresh: int = 0
     docker_health: bool = True
@@ -361,6 +362,15 @@ OPTIONS: tuple[Option, ...] = (
         _text,
         "with -internal, the Docker network whose address is registered",
         metavar="NAME",
+    ),
+    Option(
+        "swarm_vip",
+        ("swarm-vip",),
+        "REGISTRATOR_SWARM_VIP",
+        parse_bool,
+        "register each Swarm service once, at its virtual IP, instead of its tasks (written "
+        "by the agent on the Swarm leader; see README)",
+        is_bool=True,
     ),
     Option(
         "ttl",

@@ -1,15 +1,22 @@
-"""Shared by the e2e modules: running CLI commands, and machine-wide locks."""
+"""Shared by the modules that drive the docker CLI (the e2e modules and the Swarm integration
+tests): running commands, a swarm to deploy to, overlay subnets, and machine-wide locks."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+# Swarm's pool for overlays it numbers itself (ingress); tests' overlays get explicit /24s from
+# OVERLAY_POOL.
+SWARM_ADDR_POOL = "198.18.128.0/17"
+OVERLAY_POOL = ipaddress.IPv4Network("198.18.192.0/18")
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "registrator-tests"
 
@@ -60,3 +67,42 @@ def exclusive(name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def swarm_manager() -> Iterator[None]:
+    """This engine as a swarm manager for the block: initialised here (and left at the end)
+    only if it was not in a swarm already, and left only if nobody (a demo started meanwhile)
+    still runs services on it."""
+    state = run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"]).strip()
+    created = False
+    if state == "inactive":
+        run(
+            ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1",
+             "--default-addr-pool", SWARM_ADDR_POOL]
+        )  # fmt: skip
+        created = True
+    elif state != "active":
+        raise AssertionError(f"swarm state is {state!r}")
+    if "true" not in run(["docker", "info", "--format", "{{.Swarm.ControlAvailable}}"]):
+        raise AssertionError("this engine is a swarm worker; the tests need a manager")
+    try:
+        yield
+    finally:
+        if created and not run(["docker", "service", "ls", "-q"]).strip():
+            run(["docker", "swarm", "leave", "--force"])
+
+
+def free_overlay_subnet() -> ipaddress.IPv4Network:
+    """A /24 of OVERLAY_POOL that no network on this engine uses."""
+    used = []
+    for network in docker_json(
+        "network", "inspect", *run(["docker", "network", "ls", "-q"]).split()
+    ):
+        for pool in (network.get("IPAM") or {}).get("Config") or []:
+            with contextlib.suppress(KeyError, ValueError):
+                used.append(ipaddress.ip_network(pool["Subnet"], strict=False))
+    for subnet in OVERLAY_POOL.subnets(new_prefix=24):
+        if not any(subnet.overlaps(other) for other in used):
+            return subnet
+    raise RuntimeError(f"no free /24 left in {OVERLAY_POOL}")

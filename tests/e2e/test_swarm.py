@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.support import CACHE, docker_json, run
+from tests.e2e.support import CACHE, docker_json, free_overlay_subnet, run, swarm_manager
 from tests.helpers import free_ports, wait_until
 
 pytestmark = pytest.mark.docker
@@ -37,9 +37,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 BUILD_IMAGES = REPO / "scripts" / "lib" / "build-images.sh"
 STAMP_DIR = CACHE / "images"
-# Swarm's pool for overlays it numbers itself (ingress); ours get explicit /24s from OVERLAY_POOL.
-SWARM_ADDR_POOL = "198.18.128.0/17"
-OVERLAY_POOL = ipaddress.IPv4Network("198.18.192.0/18")
 CONSUL_IMAGE = "registrator-test/consul:1.14.0"
 WEB_IMAGE = "registrator-test/web:latest"
 API_IMAGE = "registrator-test/http-echo:latest"
@@ -129,42 +126,11 @@ def wait_matches(deployment: Deployment, name: str, service: str, count: int) ->
     )
 
 
-def free_overlay_subnet() -> ipaddress.IPv4Network:
-    used = []
-    for network in docker_json(
-        "network", "inspect", *run(["docker", "network", "ls", "-q"]).split()
-    ):
-        for pool in (network.get("IPAM") or {}).get("Config") or []:
-            with contextlib.suppress(KeyError, ValueError):
-                used.append(ipaddress.ip_network(pool["Subnet"], strict=False))
-    for subnet in OVERLAY_POOL.subnets(new_prefix=24):
-        if not any(subnet.overlaps(other) for other in used):
-            return subnet
-    raise RuntimeError(f"no free /24 left in {OVERLAY_POOL}")
-
-
 @pytest.fixture(scope="module")
 def swarm() -> Iterator[None]:
-    """A swarm this engine manages; initialised here (and left at the end) only if needed."""
     run([str(BUILD_IMAGES)], timeout=900)
-    state = run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"]).strip()
-    created = False
-    if state == "inactive":
-        run(
-            ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1",
-             "--default-addr-pool", SWARM_ADDR_POOL]
-        )  # fmt: skip
-        created = True
-    elif state != "active":
-        pytest.fail(f"swarm state is {state!r}", pytrace=False)
-    if "true" not in run(["docker", "info", "--format", "{{.Swarm.ControlAvailable}}"]):
-        pytest.fail("this engine is a swarm worker; the e2e tests need a manager", pytrace=False)
-    try:
+    with swarm_manager():
         yield
-    finally:
-        # Leave only a swarm we made, and only if nobody (a demo started meanwhile) uses it.
-        if created and not run(["docker", "service", "ls", "-q"]).strip():
-            run(["docker", "swarm", "leave", "--force"])
 
 
 def stack_deploy(stack: str, file: str, env: Mapping[str, str]) -> None:

@@ -9,9 +9,12 @@ import pytest
 from registrator.agent import (
     StartupError,
     event_container_id,
+    event_service_id,
     is_stop_signal,
     plan_context,
     since_from_time_nano,
+    swarm_manager_id,
+    swarm_notes,
 )
 from registrator.settings import parse_args
 
@@ -158,3 +161,49 @@ def test_plan_context(
 def test_plan_context_without_any_node_name_is_a_startup_error() -> None:
     with pytest.raises(StartupError, match="-node"):
         plan_context(parse_args([], {}).settings, {}, {})
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        ({"Type": "service", "Action": "update", "Actor": {"ID": "svc1"}}, "svc1"),
+        ({"Type": "service", "Action": "remove", "Actor": {"ID": "svc1"}}, "svc1"),
+        ({"Type": "service", "Action": "create", "Actor": {}}, None),
+        ({"Type": "service", "Action": "update", "Actor": "svc1"}, None),
+        (container_event("start"), None),
+    ],
+)
+def test_event_service_id(event: dict[str, Any], expected: str | None) -> None:
+    assert event_service_id(event) == expected
+
+
+MANAGER = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "n1"}}
+WORKER = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": False, "NodeID": "n2"}}
+NO_SWARM = {"Swarm": {"LocalNodeState": "inactive", "NodeID": ""}}
+
+
+@pytest.mark.parametrize(
+    ("info", "expected"),
+    [(MANAGER, "n1"), (WORKER, ""), (NO_SWARM, ""), ({}, ""), ({"Swarm": "x"}, "")],
+)
+def test_swarm_manager_id(info: dict[str, Any], expected: str) -> None:
+    assert swarm_manager_id(info) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "info", "expected"),
+    [
+        pytest.param([], MANAGER, [], id="manager: nothing to say"),
+        pytest.param(["-swarm-vip"], MANAGER, [], id="manager with -swarm-vip"),
+        pytest.param([], NO_SWARM, [], id="no swarm"),
+        pytest.param(["-swarm-vip"], NO_SWARM, ["not in a swarm"], id="-swarm-vip, no swarm"),
+        pytest.param([], WORKER, ["routing mesh"], id="worker: ingress ports unknown"),
+        pytest.param(["-internal"], WORKER, [], id="worker with -internal"),
+        pytest.param(["-swarm-vip"], WORKER, ["left to the VIP"], id="worker with -swarm-vip"),
+    ],
+)
+def test_swarm_notes(argv: list[str], info: dict[str, Any], expected: list[str]) -> None:
+    notes = swarm_notes(parse_args(argv, {}).settings, info)
+    assert len(notes) == len(expected)
+    for note, fragment in zip(notes, expected, strict=True):
+        assert fragment in note

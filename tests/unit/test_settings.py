@@ -339,6 +339,7 @@ BAD_VALUES = {
     "docker_health_initial": "ok",
     "drain": "maybe",
     "deregister_on_exit": "maybe",
+    "swarm_vip": "perhaps",
     "http_addr": "localhost:8080",
     "log_level": "loud",
     "log_format": "xml",
