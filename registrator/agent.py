@@ -20,6 +20,7 @@ from registrator.docker import CONTAINER_EVENTS, DockerClient, DockerError
 from registrator.planner import PlanContext
 from registrator.reconciler import Reconciler
 from registrator.settings import Settings
+from registrator.swarm import manager_node_id
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +147,6 @@ def plan_context(
     return identity, context
 
 
-def swarm_manager_id(docker_info: dict[str, Any]) -> str:
-    """This engine's Swarm node id if it is an active manager (which can read services)."""
-    swarm = _dict(docker_info.get("Swarm"))
-    if swarm.get("LocalNodeState") != "active" or swarm.get("ControlAvailable") is not True:
-        return ""
-    return str(swarm.get("NodeID") or "")
-
-
 def swarm_notes(settings: Settings, docker_info: dict[str, Any]) -> list[str]:
     """What this node cannot do in a swarm, to say once at startup."""
     swarm = _dict(docker_info.get("Swarm"))
@@ -163,7 +156,7 @@ def swarm_notes(settings: Settings, docker_info: dict[str, Any]) -> list[str]:
             if (settings.swarm_vip)
             else []
         )
-    if swarm_manager_id(docker_info):
+    if manager_node_id(docker_info):
         return []
     notes = []
     if settings.swarm_vip:
@@ -238,7 +231,7 @@ class Agent:
             self.consul,
             context,
             self.settings.deregister,
-            swarm_manager_id=swarm_manager_id(info),
+            swarm_manager_id=manager_node_id(info),
         )
         for note in swarm_notes(self.settings, info):
             log.warning("%s", note)

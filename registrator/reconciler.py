@@ -36,6 +36,7 @@ from registrator.planner import PlanContext, desired_services, keeps_registratio
 from registrator.settings import DeregisterMode
 from registrator.swarm import (
     is_vip_key,
+    manager_node_id,
     parse_service,
     task_service_id,
     vip_container,
@@ -115,6 +116,9 @@ class Reconciler:
         # The Swarm node id when this engine is a manager (only managers can read services).
         self.swarm_manager_id = swarm_manager_id
         self.swarm_leader = False
+        # False while the last full reconcile could not read Swarm's state: VIP registrations
+        # are then left exactly as they are.
+        self._swarm_readable = True
         # Swarm service id → what a manager said of it (None: no such service).
         self._swarm_services: dict[str, SwarmService | None] = {}
         self._swarm_stale: set[str] = set()  # changed since read: read again before use
@@ -276,18 +280,30 @@ class Reconciler:
             self.mark(vip_key(service_id))
 
     async def _refresh_swarm(self) -> set[str]:
-        """Full reconcile on a manager: one read of every service (fresher and cheaper than
-        one read per task), the leadership, and the networks a VIP may be registered on.
+        """Full reconcile: whether this engine is (still, or now) a Swarm manager; on a
+        manager, one read of every service (fresher and cheaper than one read per task), the
+        leadership, and the networks a VIP may be registered on.
 
-        Returns the VIP keys to reconcile. A failure keeps what was known: the next resync
-        reads again, and a stale port beats dropping registrations over a hiccup.
+        Returns the VIP keys to reconcile. A failed read keeps what was known and freezes the
+        VIP registrations as they are: a stale port beats dropping registrations over a
+        hiccup (a quorum loss, say), and the next resync reads again.
         """
-        if not self.swarm_manager_id:
-            return set()
         try:
-            documents = await self.docker.services()
+            manager_id = manager_node_id(await self.docker.info())
+            if manager_id != self.swarm_manager_id:
+                log.warning(
+                    "this engine %s a Swarm manager: %s",
+                    "is now" if manager_id else "is no longer",
+                    "reading Swarm services" if manager_id else "Swarm services cannot be read",
+                )
+                self.swarm_manager_id = manager_id
+                self._swarm_services.clear()
+            if not manager_id:
+                self.swarm_leader = False
+                self._swarm_readable = True
+                return self._vip_keys_held()  # a demoted leader removes what it wrote
             services = {}
-            for document in documents:
+            for document in await self.docker.services():
                 try:
                     service = parse_service(document)
                 except InspectError as err:
@@ -295,22 +311,24 @@ class Reconciler:
                     continue
                 services[service.id] = service
             if self.context.swarm_vip:
-                node = await self.docker.node(self.swarm_manager_id)
+                node = await self.docker.node(manager_id)
                 manager_status = node.get("ManagerStatus")
                 leader = isinstance(manager_status, dict) and manager_status.get("Leader") is True
                 if leader != self.swarm_leader:
                     log.info(
-                        "this node %s the Swarm leader: %s VIP registrations",
+                        "this node %s the Swarm leader: %s its VIP registrations",
                         "is now" if leader else "is no longer",
-                        "writing" if leader else "leaving",
+                        "writing" if leader else "removing",
                     )
                 self.swarm_leader = leader
                 await self._refresh_networks()
         except DockerError as err:
-            self._error("swarm", f"full reconcile: cannot read Swarm services: {err}", True)
+            self._error("swarm", f"full reconcile: cannot read Swarm state: {err}", True)
             self.retry_needed = True
-            return self._vip_keys_held()
+            self._swarm_readable = False
+            return set()
         self._answered("swarm")
+        self._swarm_readable = True
         self._swarm_services = dict(services)
         self._swarm_stale.clear()
         if not self.context.swarm_vip:
@@ -392,6 +410,8 @@ class Reconciler:
         self, container_id: str, list_state: str | None, force_inspect: bool
     ) -> None:
         self.stats.container_reconciles += 1
+        if is_vip_key(container_id) and not self._swarm_readable:
+            return  # frozen until Swarm answers again (see _refresh_swarm)
         try:
             if is_vip_key(container_id):
                 container = await self._vip_container(container_id)

@@ -92,6 +92,15 @@ def parse_service(data: Any) -> SwarmService:
     )
 
 
+def manager_node_id(docker_info: Any) -> str:
+    """This engine's Swarm node id, from `GET /info`, if it is an active manager: only
+    managers can read services."""
+    swarm = _dict(_dict(docker_info).get("Swarm"))
+    if swarm.get("LocalNodeState") != "active" or swarm.get("ControlAvailable") is not True:
+        return ""
+    return _str(swarm.get("NodeID"))
+
+
 def task_service_id(container: Container) -> str:
     """The Swarm service a task container belongs to ("" for other containers)."""
     return container.labels.get(LABEL_SERVICE_ID, "").strip()

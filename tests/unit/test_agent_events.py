@@ -13,10 +13,10 @@ from registrator.agent import (
     is_stop_signal,
     plan_context,
     since_from_time_nano,
-    swarm_manager_id,
     swarm_notes,
 )
 from registrator.settings import parse_args
+from registrator.swarm import manager_node_id
 
 CID = "c" * 64
 
@@ -186,8 +186,8 @@ NO_SWARM = {"Swarm": {"LocalNodeState": "inactive", "NodeID": ""}}
     ("info", "expected"),
     [(MANAGER, "n1"), (WORKER, ""), (NO_SWARM, ""), ({}, ""), ({"Swarm": "x"}, "")],
 )
-def test_swarm_manager_id(info: dict[str, Any], expected: str) -> None:
-    assert swarm_manager_id(info) == expected
+def test_manager_node_id(info: dict[str, Any], expected: str) -> None:
+    assert manager_node_id(info) == expected
 
 
 @pytest.mark.parametrize(
