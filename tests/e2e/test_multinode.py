@@ -444,8 +444,6 @@ def cluster(
             timings["swarm of 3 formed"] = time.monotonic() - phase
 
             phase = time.monotonic()
-            docker_gid = run(["docker", "exec", names[0], "stat", "-c", "%g",
-                              "/var/run/docker.sock"]).strip()  # fmt: skip
             cluster.env.update(
                 DOCKER_HOST=f"unix://{socks[0]}",
                 CONSUL_IMAGE=CONSUL_IMAGE,
@@ -455,8 +453,6 @@ def cluster(
                 OVERLAY_NETWORK=cluster.overlay,
                 CONSUL_HTTP_PORT=str(CONSUL_HTTP_PORT),
                 CONSUL_DNS_PORT="8600",
-                # Only read by stack files that still set `user: "10001:${DOCKER_GID}"`.
-                DOCKER_GID=docker_gid,
             )
 
             def deploy(stack: str, *files: Path) -> None:
@@ -625,3 +621,79 @@ def test_stopping_one_nodes_registrator_removes_nothing_of_the_others(cluster: C
     wait_registered(cluster, "web-service", cluster.web, 9, 80)
     cluster.timings["node2's agent back, all 9 registered"] = time.monotonic() - phase
     assert set(before) <= set(cluster.entries("web-service", "api-service"))
+
+
+def test_swarm_vip_on_three_managers_only_the_leaders_agent_writes(cluster: Cluster) -> None:
+    """-swarm-vip on every node of a swarm with three managers: one entry per service, at
+    its VIP, written by the agent on the leader; the other managers' agents write nothing."""
+    node1, node2, node3 = cluster.nodes
+    cluster.docker(0, "node", "promote", node2, node3)
+    vip_agents = f"{cluster.prefix}-vipreg"
+    owners = {f"vip-{node}" for node in cluster.nodes}
+    try:
+        leader = json.loads(cluster.docker(0, "node", "inspect", "self"))[0]
+        assert leader["ManagerStatus"]["Leader"], "node1 created the swarm and should lead it"
+        cluster.docker(
+            0, "service", "create", "--detach", "--name", vip_agents, "--mode", "global",
+            "--network", cluster.overlay,
+            "--mount", "type=bind,source=/var/run/docker.sock,target=/var/run/docker.sock,readonly",
+            "--env", "REGISTRATOR_NODE=vip-{{.Node.Hostname}}",
+            "--env", "REGISTRATOR_SWARM_VIP=true", "--env", "REGISTRATOR_INTERNAL=true",
+            "--env", f"REGISTRATOR_RESYNC={RESYNC}", "--env", "REGISTRATOR_DEREGISTER_ON_EXIT=true",
+            cluster.env["REGISTRATOR_IMAGE"], "consul://consul-server:8500",
+        )  # fmt: skip
+        overlay_id = cluster.docker(
+            0, "network", "inspect", "--format", "{{.Id}}", cluster.overlay
+        ).strip()
+
+        def vip(service: str) -> str:
+            endpoint = json.loads(cluster.docker(0, "service", "inspect", service))[0]["Endpoint"]
+            return next(
+                v["Addr"].split("/")[0] for v in endpoint["VirtualIPs"]
+                if v["NetworkID"] == overlay_id
+            )  # fmt: skip
+
+        want = {
+            f"swarm:{cluster.web}:80": ("web-service", f"vip-{node1}", vip(cluster.web), 80),
+            f"swarm:{cluster.api}:5678": ("api-service", f"vip-{node1}", vip(cluster.api), 5678),
+        }
+
+        def written_by_vip_agents() -> dict[str, tuple[str, str, str, int]]:
+            services: dict[str, dict[str, Any]] = cluster.consul("/v1/agent/services")
+            return {
+                sid: (s["Service"], s["Meta"][META_NODE], s["Address"], s["Port"])
+                for sid, s in services.items()
+                if (s.get("Meta") or {}).get(META_NODE) in owners
+                and s["Service"] in ("web-service", "api-service")
+            }
+
+        wait_until(
+            lambda: written_by_vip_agents() == want,
+            timeout=CONVERGE,
+            interval=0.5,
+            message=f"expected exactly {want}",
+            ignore=(OSError, ValueError),
+        )
+        # Every agent has had several resyncs by now: still only the leader's entries, and
+        # the tasks of these vip-mode services are registered by none of the VIP agents.
+        for _ in range(3):
+            time.sleep(RESYNC)
+            assert written_by_vip_agents() == want
+        assert len(cluster.running_containers(node2, vip_agents)) == 1
+        assert len(cluster.running_containers(node3, vip_agents)) == 1
+    finally:
+        cluster.docker(0, "service", "rm", vip_agents)
+        cluster.docker(0, "node", "demote", node2, node3)
+    # -deregister-on-exit: the leader's agent removed its VIP entries on the way out.
+    wait_until(
+        lambda: (
+            not any(
+                (s.get("Meta") or {}).get(META_NODE) in owners
+                for s in cluster.consul("/v1/agent/services").values()
+            )
+        ),
+        timeout=CONVERGE,
+        interval=0.5,
+        message="the VIP agents' entries remain after their service was removed",
+        ignore=(OSError, ValueError),
+    )
