@@ -52,7 +52,7 @@ class AgentCollector(Collector):
             "registrator_deregistrations", "services deregistered", value=stats.deregistrations
         )
         errors = CounterMetricFamily("registrator_errors", "errors by kind", labels=["kind"])
-        for kind in ("docker", "consul", "consul_rejected"):
+        for kind in ("docker", "consul", "consul_rejected", "swarm"):
             errors.add_metric([kind], stats.errors.get(kind, 0))
         yield errors
         yield CounterMetricFamily(
