@@ -232,6 +232,7 @@ class Agent:
             context,
             self.settings.deregister,
             swarm_manager_id=manager_node_id(info),
+            in_swarm=_dict(info.get("Swarm")).get("LocalNodeState") == "active",
         )
         for note in swarm_notes(self.settings, info):
             log.warning("%s", note)

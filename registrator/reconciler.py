@@ -108,6 +108,7 @@ class Reconciler:
         context: PlanContext,
         deregister_mode: DeregisterMode = DeregisterMode.ALWAYS,
         swarm_manager_id: str = "",
+        in_swarm: bool = False,
     ) -> None:
         self.docker = docker
         self.consul = consul
@@ -115,6 +116,10 @@ class Reconciler:
         self.deregister_mode = deregister_mode
         # The Swarm node id when this engine is a manager (only managers can read services).
         self.swarm_manager_id = swarm_manager_id
+        # Whether the engine was in a swarm at startup; only then is its role re-read at every
+        # resync (an engine that joins a swarm later is seen when registrator restarts), so a
+        # plain Docker host pays one Docker call per full reconcile, not two.
+        self.in_swarm = in_swarm or bool(swarm_manager_id)
         self.swarm_leader = False
         # False while the last full reconcile could not read Swarm's state: VIP registrations
         # are then left exactly as they are.
@@ -288,6 +293,8 @@ class Reconciler:
         VIP registrations as they are: a stale port beats dropping registrations over a
         hiccup (a quorum loss, say), and the next resync reads again.
         """
+        if not self.in_swarm:
+            return set()
         try:
             manager_id = manager_node_id(await self.docker.info())
             if manager_id != self.swarm_manager_id:
