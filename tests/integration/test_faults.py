@@ -24,9 +24,10 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import docker.errors
 import pytest
@@ -270,10 +271,37 @@ def consul_lines(agent: RegistratorProcess, port: int) -> list[str]:
     ]
 
 
+class StartProcess(Protocol):
+    def __call__(
+        self,
+        *flags: str,
+        node: str,
+        consul: str,
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> RegistratorProcess: ...
+
+
 @pytest.fixture
-def agents(tmp_path: Path) -> Iterator[list[RegistratorProcess]]:
+def start_process(tmp_path: Path) -> Iterator[StartProcess]:
+    """Factory: `registrator FLAGS` as a real process, ready unless `wait=False`; every
+    process still running at teardown is killed."""
     started: list[RegistratorProcess] = []
-    yield started
+
+    def start(
+        *flags: str,
+        node: str,
+        consul: str,
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> RegistratorProcess:
+        agent = RegistratorProcess.start(tmp_path, *flags, node=node, consul=consul, env=env)
+        started.append(agent)
+        if wait:
+            agent.wait_ready()
+        return agent
+
+    yield start
     for agent in started:
         agent.kill()
 
@@ -285,16 +313,15 @@ def agents(tmp_path: Path) -> Iterator[list[RegistratorProcess]]:
 def test_consul_unreachable_during_churn_converges_and_logs_state_changes_only(
     tmp_path: Path,
     containers: ContainerFactory,
-    agents: list[RegistratorProcess],
+    start_process: StartProcess,
     reliability_report: Report,
 ) -> None:
     port = free_port()
     consul = start_consul_at(tmp_path / "consul", port)
     node = unique_node()
-    agent = RegistratorProcess.start(
-        tmp_path, "-resync", "2", node=node, consul=f"consul://127.0.0.1:{port}"
+    agent = start_process(
+        "-resync", "2", node=node, consul=f"consul://127.0.0.1:{port}", wait=False
     )
-    agents.append(agent)
     try:
         agent.wait_ready()
         fleet = Fleet(containers, f"outage-{node}")
@@ -348,17 +375,16 @@ def test_consul_unreachable_during_churn_converges_and_logs_state_changes_only(
 def test_consul_restarted_without_state_is_refilled_within_one_resync(
     tmp_path: Path,
     containers: ContainerFactory,
-    agents: list[RegistratorProcess],
+    start_process: StartProcess,
     reliability_report: Report,
 ) -> None:
     resync = 2
     port = free_port()
     consul = start_consul_at(tmp_path / "consul", port)
     node = unique_node()
-    agent = RegistratorProcess.start(
-        tmp_path, "-resync", str(resync), node=node, consul=f"consul://127.0.0.1:{port}"
+    agent = start_process(
+        "-resync", str(resync), node=node, consul=f"consul://127.0.0.1:{port}", wait=False
     )
-    agents.append(agent)
     try:
         agent.wait_ready()
         fleet = Fleet(containers, f"amnesia-{node}")
@@ -390,19 +416,16 @@ def test_consul_restarted_without_state_is_refilled_within_one_resync(
 
 
 def test_agent_sigkilled_mid_churn_converges_without_duplicates(
-    tmp_path: Path,
     containers: ContainerFactory,
     consul_factory: Callable[..., ConsulAgent],
-    agents: list[RegistratorProcess],
+    start_process: StartProcess,
     reliability_report: Report,
 ) -> None:
     consul = consul_factory()
     node = unique_node()
     address = f"consul://{consul.http_addr}"
     # -resync 0: whatever the restarted agent fixes, it fixes at startup, not on a timer.
-    first = RegistratorProcess.start(tmp_path, "-resync", "0", node=node, consul=address)
-    agents.append(first)
-    first.wait_ready()
+    first = start_process("-resync", "0", node=node, consul=address)
     fleet = Fleet(containers, f"sigkill-{node}")
     for _ in range(6):
         fleet.start()
@@ -416,8 +439,7 @@ def test_agent_sigkilled_mid_churn_converges_without_duplicates(
     # Containers that died while no agent ran still hold services: the restart must find them.
     assert tally(consul, node, fleet.ids(), fleet.all_ids).stale > 0
 
-    second = RegistratorProcess.start(tmp_path, "-resync", "0", node=node, consul=address)
-    agents.append(second)
+    second = start_process("-resync", "0", node=node, consul=address, wait=False)
     restarted_at = time.monotonic()
     _, final = wait_exact(consul, node, fleet.ids, fleet.all_ids, timeout=20)
     converge = time.monotonic() - restarted_at
@@ -437,20 +459,15 @@ def test_agent_sigkilled_mid_churn_converges_without_duplicates(
 
 
 def test_event_storm_ends_in_the_exact_state(
-    tmp_path: Path,
     containers: ContainerFactory,
     consul_factory: Callable[..., ConsulAgent],
-    agents: list[RegistratorProcess],
+    start_process: StartProcess,
     reliability_report: Report,
 ) -> None:
     consul = consul_factory()
     node = unique_node()
     # -resync 0: events alone must get every container right.
-    agent = RegistratorProcess.start(
-        tmp_path, "-resync", "0", node=node, consul=f"consul://{consul.http_addr}"
-    )
-    agents.append(agent)
-    agent.wait_ready()
+    agent = start_process("-resync", "0", node=node, consul=f"consul://{consul.http_addr}")
     fleet = Fleet(containers, f"storm-{node}")
 
     def one(index: int) -> None:
@@ -508,19 +525,14 @@ def test_event_storm_ends_in_the_exact_state(
 
 
 def test_rejected_registration_skips_only_that_service_and_is_logged_once(
-    tmp_path: Path,
     containers: ContainerFactory,
     consul_factory: Callable[..., ConsulAgent],
-    agents: list[RegistratorProcess],
+    start_process: StartProcess,
     reliability_report: Report,
 ) -> None:
     consul = consul_factory()
     node = unique_node()
-    agent = RegistratorProcess.start(
-        tmp_path, "-resync", "1", node=node, consul=f"consul://{consul.http_addr}"
-    )
-    agents.append(agent)
-    agent.wait_ready()
+    agent = start_process("-resync", "1", node=node, consul=f"consul://{consul.http_addr}")
     good = containers.run("good", labels={"SERVICE_NAME": f"good-{node}", "SERVICE_PORT": "80"})
     # Consul 1.14 answers 400 "Interval must be > 0 for ... HTTP ... checks"; our duration
     # syntax accepts "0" (Go's does too), so the planner produces this payload.
@@ -570,11 +582,10 @@ def short_tmp() -> Iterator[Path]:
 
 
 def test_docker_going_away_and_back_is_followed_by_a_full_catch_up(
-    tmp_path: Path,
     short_tmp: Path,
     containers: ContainerFactory,
     consul_factory: Callable[..., ConsulAgent],
-    agents: list[RegistratorProcess],
+    start_process: StartProcess,
     reliability_report: Report,
 ) -> None:
     consul = consul_factory()
@@ -583,16 +594,13 @@ def test_docker_going_away_and_back_is_followed_by_a_full_catch_up(
     proxy.start()
     try:
         # -resync 0: only the reconnect itself can catch up with what happened meanwhile.
-        agent = RegistratorProcess.start(
-            tmp_path,
+        agent = start_process(
             "-resync",
             "0",
             node=node,
             consul=f"consul://{consul.http_addr}",
             env={"DOCKER_HOST": proxy.docker_host},
         )
-        agents.append(agent)
-        agent.wait_ready()
         fleet = Fleet(containers, f"dockerd-{node}")
         for _ in range(4):
             fleet.start()
@@ -647,10 +655,9 @@ def test_report_format_round_trips(tmp_path: Path) -> None:
 
 
 def test_resyncs_racing_events_never_repeat_a_change(
-    tmp_path: Path,
     containers: ContainerFactory,
     consul_factory: Callable[..., ConsulAgent],
-    agents: list[RegistratorProcess],
+    start_process: StartProcess,
     reliability_report: Report,
 ) -> None:
     """A full reconcile lists Consul, then works through the containers; an event-driven
@@ -658,11 +665,7 @@ def test_resyncs_racing_events_never_repeat_a_change(
     second "registered"/"deregistered" line for the same change)."""
     consul = consul_factory()
     node = unique_node()
-    agent = RegistratorProcess.start(
-        tmp_path, "-resync", "1", node=node, consul=f"consul://{consul.http_addr}"
-    )
-    agents.append(agent)
-    agent.wait_ready()
+    agent = start_process("-resync", "1", node=node, consul=f"consul://{consul.http_addr}")
     fleet = Fleet(containers, f"race-{node}")
     rounds, per_round = 3, 8
     started = time.monotonic()
