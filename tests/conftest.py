@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import docker
 import docker.errors
@@ -25,6 +25,7 @@ from tests.helpers import (
     make_consul_agent,
     remove_stale_resources,
 )
+from tests.helpers_cli import RegistratorProcess
 
 _CONSUL_FIXTURES = {"consul_bin", "consul_agent", "consul", "consul_factory"}
 _DOCKER_FIXTURES = {"docker_client", "test_image", "containers", "docker_network"}
@@ -182,3 +183,42 @@ def containers(
         errors = factory.remove_all()
         if errors:
             pytest.fail("could not remove test containers:\n" + "\n".join(errors), pytrace=False)
+
+
+# --------------------------------------------------------------------------------------------
+# registrator as a real process
+
+
+class StartProcess(Protocol):
+    def __call__(
+        self,
+        *flags: str,
+        node: str,
+        consul: str,
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> RegistratorProcess: ...
+
+
+@pytest.fixture
+def start_process(tmp_path: Path) -> Iterator[StartProcess]:
+    """Factory: `registrator FLAGS` as a real process, ready unless `wait=False`; every
+    process still running at teardown is killed."""
+    started: list[RegistratorProcess] = []
+
+    def start(
+        *flags: str,
+        node: str,
+        consul: str,
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> RegistratorProcess:
+        agent = RegistratorProcess.start(tmp_path, *flags, node=node, consul=consul, env=env)
+        started.append(agent)
+        if wait:
+            agent.wait_ready()
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()

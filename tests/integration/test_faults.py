@@ -24,16 +24,16 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import docker.errors
 import pytest
 from docker.models.containers import Container
 
 from bench.docker_proxy import ThreadedDockerProxy
+from tests.conftest import StartProcess
 from tests.helpers import ConsulAgent, ContainerFactory, free_port, wait_until
 from tests.helpers_cli import (
     REPO,
@@ -269,41 +269,6 @@ def consul_lines(agent: RegistratorProcess, port: int) -> list[str]:
         for line in agent.lines()
         if (" ERROR " in line or " WARNING " in line) and f":{port}" in line
     ]
-
-
-class StartProcess(Protocol):
-    def __call__(
-        self,
-        *flags: str,
-        node: str,
-        consul: str,
-        env: Mapping[str, str] | None = None,
-        wait: bool = True,
-    ) -> RegistratorProcess: ...
-
-
-@pytest.fixture
-def start_process(tmp_path: Path) -> Iterator[StartProcess]:
-    """Factory: `registrator FLAGS` as a real process, ready unless `wait=False`; every
-    process still running at teardown is killed."""
-    started: list[RegistratorProcess] = []
-
-    def start(
-        *flags: str,
-        node: str,
-        consul: str,
-        env: Mapping[str, str] | None = None,
-        wait: bool = True,
-    ) -> RegistratorProcess:
-        agent = RegistratorProcess.start(tmp_path, *flags, node=node, consul=consul, env=env)
-        started.append(agent)
-        if wait:
-            agent.wait_ready()
-        return agent
-
-    yield start
-    for agent in started:
-        agent.kill()
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,9 +35,9 @@ from registrator.consul import ConsulClient
 from registrator.docker import DockerClient
 from registrator.http import serve
 from registrator.settings import parse_args
+from tests.conftest import StartProcess
 from tests.helpers import ConsulAgent, ContainerFactory, free_port, wait_until
 from tests.helpers_cli import (
-    RegistratorProcess,
     owned_services,
     run_cli,
     services_of,
@@ -54,30 +54,21 @@ def metric_names_in_source() -> set[str]:
     return set(re.findall(r'"(registrator_[a-z_]+)"', source))
 
 
-@pytest.fixture
-def processes() -> Iterator[list[RegistratorProcess]]:
-    started: list[RegistratorProcess] = []
-    yield started
-    for process in started:
-        process.kill()
-
-
 # --------------------------------------------------------------------------------------------
 # /health and /metrics
 
 
 def test_health_is_503_until_the_first_full_reconcile_then_200(
-    tmp_path: Path, processes: list[RegistratorProcess]
+    tmp_path: Path, start_process: StartProcess
 ) -> None:
     port = free_port()  # nothing listens here yet
-    agent = RegistratorProcess.start(
-        tmp_path,
+    agent = start_process(
         "-retry-interval",
         "200",
         node=unique_node("ops"),
         consul=f"consul://127.0.0.1:{port}",
+        wait=False,
     )
-    processes.append(agent)
     answer = wait_until(agent.health, timeout=15, message="/health never answered")
     assert answer is not None and answer[0] == 503
     assert answer[1]["ready"] is False and answer[1]["consul"] is False, answer
@@ -102,16 +93,13 @@ def test_health_is_503_until_the_first_full_reconcile_then_200(
 
 
 def test_metrics_are_prometheus_text_with_every_documented_family(
-    tmp_path: Path,
     consul_factory: Callable[..., ConsulAgent],
     containers: ContainerFactory,
-    processes: list[RegistratorProcess],
+    start_process: StartProcess,
 ) -> None:
     consul = consul_factory()
     node = unique_node("ops")
-    agent = RegistratorProcess.start(tmp_path, node=node, consul=f"consul://{consul.http_addr}")
-    processes.append(agent)
-    agent.wait_ready()
+    agent = start_process(node=node, consul=f"consul://{consul.http_addr}")
     container = containers.run(labels={"SERVICE_NAME": f"m-{node}", **SERVICE_LABELS})
     wait_until(lambda: services_of(consul, node, container.id), timeout=10)
 
@@ -143,24 +131,15 @@ def urllib_response(url: str) -> Iterator[tuple[str, str]]:
 
 
 def test_json_logs_one_object_per_line_and_one_line_per_registration_change(
-    tmp_path: Path,
     consul_factory: Callable[..., ConsulAgent],
     containers: ContainerFactory,
-    processes: list[RegistratorProcess],
+    start_process: StartProcess,
 ) -> None:
     consul = consul_factory()
     node = unique_node("ops")
-    agent = RegistratorProcess.start(
-        tmp_path,
-        "-log-format",
-        "json",
-        "-resync",
-        "1",
-        node=node,
-        consul=f"consul://{consul.http_addr}",
+    agent = start_process(
+        "-log-format", "json", "-resync", "1", node=node, consul=f"consul://{consul.http_addr}"
     )
-    processes.append(agent)
-    agent.wait_ready()
     container = containers.run(labels={"SERVICE_NAME": f"j-{node}", **SERVICE_LABELS})
     (service_id,) = wait_until(lambda: services_of(consul, node, container.id), timeout=10)
     time.sleep(2.5)  # two resyncs: they must not log the unchanged registration again
@@ -221,16 +200,13 @@ def test_explain_prints_registrations_and_warnings_and_writes_nothing(
 
 
 def test_sigterm_exits_0_promptly_and_keeps_services(
-    tmp_path: Path,
     consul_factory: Callable[..., ConsulAgent],
     containers: ContainerFactory,
-    processes: list[RegistratorProcess],
+    start_process: StartProcess,
 ) -> None:
     consul = consul_factory()
     node = unique_node("ops")
-    agent = RegistratorProcess.start(tmp_path, node=node, consul=f"consul://{consul.http_addr}")
-    processes.append(agent)
-    agent.wait_ready()
+    agent = start_process(node=node, consul=f"consul://{consul.http_addr}")
     container = containers.run(labels={"SERVICE_NAME": f"t-{node}", **SERVICE_LABELS})
     wait_until(lambda: services_of(consul, node, container.id), timeout=10)
     code, seconds = agent.terminate(timeout=10)
@@ -239,18 +215,13 @@ def test_sigterm_exits_0_promptly_and_keeps_services(
 
 
 def test_deregister_on_exit_removes_every_owned_service_on_sigterm(
-    tmp_path: Path,
     consul_factory: Callable[..., ConsulAgent],
     containers: ContainerFactory,
-    processes: list[RegistratorProcess],
+    start_process: StartProcess,
 ) -> None:
     consul = consul_factory()
     node = unique_node("ops")
-    agent = RegistratorProcess.start(
-        tmp_path, "-deregister-on-exit", node=node, consul=f"consul://{consul.http_addr}"
-    )
-    processes.append(agent)
-    agent.wait_ready()
+    agent = start_process("-deregister-on-exit", node=node, consul=f"consul://{consul.http_addr}")
     kept = [
         containers.run(labels={"SERVICE_NAME": f"d-{node}", **SERVICE_LABELS}) for _ in range(2)
     ]
@@ -333,10 +304,9 @@ def short_tmp() -> Iterator[Path]:
 def test_backend_answering_garbage_or_hanging_keeps_health_serving_503(
     backend: str,
     mode: str,
-    tmp_path: Path,
     short_tmp: Path,
     consul_factory: Callable[..., ConsulAgent],
-    processes: list[RegistratorProcess],
+    start_process: StartProcess,
 ) -> None:
     fake = FakeBackend(mode, short_tmp / "docker.sock" if backend == "docker" else None)
     try:
@@ -347,10 +317,14 @@ def test_backend_answering_garbage_or_hanging_keeps_health_serving_503(
                 f"consul://{consul_factory().http_addr}",
                 {"DOCKER_HOST": fake.address},
             )
-        agent = RegistratorProcess.start(
-            tmp_path, "-retry-interval", "200", node=unique_node("ops"), consul=consul_uri, env=env
+        agent = start_process(
+            "-retry-interval",
+            "200",
+            node=unique_node("ops"),
+            consul=consul_uri,
+            env=env,
+            wait=False,
         )
-        processes.append(agent)
         wait_until(lambda: fake.requests >= 1, timeout=15, message="the backend was never asked")
         for _ in range(3):  # /health answers at once, whatever the backend does
             started = time.monotonic()
