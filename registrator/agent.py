@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from registrator.consul import ConsulClient, ConsulError
+from registrator.containers import as_dict
 from registrator.docker import CONTAINER_EVENTS, DockerClient, DockerError
 from registrator.planner import PlanContext
 from registrator.reconciler import Reconciler
 from registrator.settings import Settings
-from registrator.swarm import manager_node_id
+from registrator.swarm import in_swarm, manager_node_id
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,6 @@ def _hint(err: DockerError | ConsulError) -> str:
     return ""
 
 
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def plan_context(
     settings: Settings,
     docker_info: dict[str, Any],
@@ -114,21 +111,19 @@ def plan_context(
     node = settings.node or str(docker_info.get("Name") or "")
     if not node:
         raise StartupError("Docker info has no Name; set -node or REGISTRATOR_NODE")
-    swarm = _dict(docker_info.get("Swarm"))
-    member = _dict(consul_self.get("Member"))
+    swarm = as_dict(docker_info.get("Swarm"))
+    member = as_dict(consul_self.get("Member"))
     # What "the host's address" is when a port is published on all interfaces: the Swarm
     # node address if this engine is in a swarm, else the address the local Consul agent
     # advertises (on the standard deployment, one agent per host, that is the host's LAN
     # address). Never a hostname lookup: that gave gliderlabs users 127.0.1.1.
-    swarm_address = (
-        str(swarm.get("NodeAddr") or "") if swarm.get("LocalNodeState") == "active" else ""
-    )
+    swarm_address = str(swarm.get("NodeAddr") or "") if in_swarm(docker_info) else ""
     default_address = settings.ip or swarm_address or str(member.get("Addr") or "")
     identity = Identity(
         node=node,
         default_address=default_address,
         docker_version=docker_version,
-        consul_node=str(_dict(consul_self.get("Config")).get("NodeName") or ""),
+        consul_node=str(as_dict(consul_self.get("Config")).get("NodeName") or ""),
     )
     context = PlanContext(
         node=node,
@@ -149,8 +144,7 @@ def plan_context(
 
 def swarm_notes(settings: Settings, docker_info: dict[str, Any]) -> list[str]:
     """What this node cannot do in a swarm, to say once at startup."""
-    swarm = _dict(docker_info.get("Swarm"))
-    if swarm.get("LocalNodeState") != "active":
+    if not in_swarm(docker_info):
         return (
             ["-swarm-vip: this engine is not in a swarm; the option has no effect"]
             if (settings.swarm_vip)
@@ -232,7 +226,7 @@ class Agent:
             context,
             self.settings.deregister,
             swarm_manager_id=manager_node_id(info),
-            in_swarm=_dict(info.get("Swarm")).get("LocalNodeState") == "active",
+            in_swarm=in_swarm(info),
         )
         for note in swarm_notes(self.settings, info):
             log.warning("%s", note)

@@ -17,12 +17,21 @@ class InspectError(ValueError):
     """The Docker answer cannot describe a container at all."""
 
 
-def _dict(value: Any) -> dict[str, Any]:
+# Defensive readers for Docker's JSON, shared with swarm.py: a missing or mistyped field
+# reads as its empty value.
+
+
+def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _str(value: Any) -> str:
+def as_str(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def string_map(value: Any) -> dict[str, str]:
+    """A labels-like object, keeping only string keys with string values."""
+    return {k: v for k, v in as_dict(value).items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def parse_env(entries: Any) -> dict[str, str]:
@@ -53,14 +62,14 @@ def _parse_bindings(raw: Any) -> tuple[PortBinding, ...]:
         return ()
     bindings: list[PortBinding] = []
     for item in raw:
-        item = _dict(item)
+        item = as_dict(item)
         try:
-            host_port = int(_str(item.get("HostPort")) or 0)
+            host_port = int(as_str(item.get("HostPort")) or 0)
         except ValueError:
             continue
         if host_port <= 0:
             continue
-        binding = PortBinding(host_ip=_str(item.get("HostIp")), host_port=host_port)
+        binding = PortBinding(host_ip=as_str(item.get("HostIp")), host_port=host_port)
         if binding not in bindings:
             bindings.append(binding)
     return tuple(bindings)
@@ -72,11 +81,11 @@ def _parse_ports(
     # Exposed ports come from the image/config; published ones from the live network
     # settings (only those carry the host port Docker actually picked).
     keys: dict[tuple[int, str], tuple[PortBinding, ...]] = {}
-    for key in _dict(config.get("ExposedPorts")):
+    for key in as_dict(config.get("ExposedPorts")):
         parsed = _parse_port_key(key)
         if parsed:
             keys.setdefault(parsed, ())
-    for key, raw in _dict(settings.get("Ports")).items():
+    for key, raw in as_dict(settings.get("Ports")).items():
         parsed = _parse_port_key(key)
         if parsed:
             keys[parsed] = _parse_bindings(raw) or keys.get(parsed, ())
@@ -88,11 +97,11 @@ def _parse_ports(
 
 def _parse_networks(settings: Mapping[str, Any]) -> tuple[NetworkAttachment, ...]:
     networks: list[NetworkAttachment] = []
-    for name, raw in sorted(_dict(settings.get("Networks")).items()):
-        raw = _dict(raw)
+    for name, raw in sorted(as_dict(settings.get("Networks")).items()):
+        raw = as_dict(raw)
         networks.append(
             NetworkAttachment(
-                name=name, ip=_str(raw.get("IPAddress")), network_id=_str(raw.get("NetworkID"))
+                name=name, ip=as_str(raw.get("IPAddress")), network_id=as_str(raw.get("NetworkID"))
             )
         )
     return tuple(networks)
@@ -100,40 +109,40 @@ def _parse_networks(settings: Mapping[str, Any]) -> tuple[NetworkAttachment, ...
 
 def image_exposed_ports(data: Any) -> tuple[ContainerPort, ...]:
     """The ports one `GET /images/{name}/json` answer EXPOSEs (none for a missing image)."""
-    return _parse_ports(_dict(_dict(data).get("Config")), {})
+    return _parse_ports(as_dict(as_dict(data).get("Config")), {})
 
 
 def parse_container(data: Any) -> Container:
     """Turn one `GET /containers/{id}/json` answer into a Container."""
-    doc = _dict(data)
-    container_id = _str(doc.get("Id"))
+    doc = as_dict(data)
+    container_id = as_str(doc.get("Id"))
     if not container_id:
         raise InspectError("inspect answer has no Id")
-    config = _dict(doc.get("Config"))
-    state = _dict(doc.get("State"))
-    host_config = _dict(doc.get("HostConfig"))
-    settings = _dict(doc.get("NetworkSettings"))
-    health = _dict(state.get("Health"))
+    config = as_dict(doc.get("Config"))
+    state = as_dict(doc.get("State"))
+    host_config = as_dict(doc.get("HostConfig"))
+    settings = as_dict(doc.get("NetworkSettings"))
+    health = as_dict(state.get("Health"))
     log = health.get("Log")
     last_output = ""
     if isinstance(log, list) and log:
-        last_output = _str(_dict(log[-1]).get("Output"))
-    labels = {k: v for k, v in _dict(config.get("Labels")).items() if isinstance(v, str)}
+        last_output = as_str(as_dict(log[-1]).get("Output"))
+    labels = string_map(config.get("Labels"))
     exit_code = state.get("ExitCode")
     return Container(
         id=container_id,
-        name=_str(doc.get("Name")).lstrip("/") or container_id[:12],
-        image=_str(config.get("Image")) or _str(doc.get("Image")),
-        hostname=_str(config.get("Hostname")),
+        name=as_str(doc.get("Name")).lstrip("/") or container_id[:12],
+        image=as_str(config.get("Image")) or as_str(doc.get("Image")),
+        hostname=as_str(config.get("Hostname")),
         labels=labels,
         env=parse_env(config.get("Env")),
         ports=_parse_ports(config, settings),
         networks=_parse_networks(settings),
-        network_mode=_str(host_config.get("NetworkMode")) or "default",
+        network_mode=as_str(host_config.get("NetworkMode")) or "default",
         running=state.get("Running") is True,
         paused=state.get("Paused") is True,
         restarting=state.get("Restarting") is True,
         exit_code=exit_code if isinstance(exit_code, int) else 0,
-        health=_str(health.get("Status")) or None,
+        health=as_str(health.get("Status")) or None,
         health_output=last_output,
     )

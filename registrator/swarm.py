@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from registrator.containers import InspectError, parse_env
+from registrator.containers import InspectError, as_dict, as_str, parse_env, string_map
 from registrator.model import Container, ContainerPort, NetworkAttachment, SwarmPort, SwarmService
 
 LABEL_SERVICE_ID = "com.docker.swarm.service.id"
@@ -20,20 +20,8 @@ LABEL_SERVICE_ID = "com.docker.swarm.service.id"
 VIP_KEY_PREFIX = "swarm-service:"
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _labels(value: Any) -> dict[str, str]:
-    return {k: v for k, v in _dict(value).items() if isinstance(k, str) and isinstance(v, str)}
-
-
 def _port(raw: Any) -> SwarmPort | None:
-    item = _dict(raw)
+    item = as_dict(raw)
     target, published = item.get("TargetPort"), item.get("PublishedPort")
     if not isinstance(target, int) or not 0 < target < 65536:
         return None
@@ -42,8 +30,8 @@ def _port(raw: Any) -> SwarmPort | None:
     return SwarmPort(
         target=target,
         published=published,
-        protocol=(_str(item.get("Protocol")) or "tcp").lower(),
-        mode=(_str(item.get("PublishMode")) or "ingress").lower(),
+        protocol=(as_str(item.get("Protocol")) or "tcp").lower(),
+        mode=(as_str(item.get("PublishMode")) or "ingress").lower(),
     )
 
 
@@ -56,16 +44,16 @@ def _address(cidr: str) -> str:
 
 def parse_service(data: Any) -> SwarmService:
     """Turn one `GET /services/{id}` answer into a SwarmService."""
-    doc = _dict(data)
-    service_id = _str(doc.get("ID"))
+    doc = as_dict(data)
+    service_id = as_str(doc.get("ID"))
     if not service_id:
         raise InspectError("service answer has no ID")
-    spec = _dict(doc.get("Spec"))
-    container_spec = _dict(_dict(spec.get("TaskTemplate")).get("ContainerSpec"))
-    endpoint = _dict(doc.get("Endpoint"))
+    spec = as_dict(doc.get("Spec"))
+    container_spec = as_dict(as_dict(spec.get("TaskTemplate")).get("ContainerSpec"))
+    endpoint = as_dict(doc.get("Endpoint"))
     # The live Endpoint carries the ports Swarm actually assigned (a published port left to
     # Swarm is 0 in the spec); the spec is the fallback while the service is being created.
-    endpoint_spec = _dict(endpoint.get("Spec")) or _dict(spec.get("EndpointSpec"))
+    endpoint_spec = as_dict(endpoint.get("Spec")) or as_dict(spec.get("EndpointSpec"))
     raw_ports = endpoint.get("Ports")
     if not isinstance(raw_ports, list):
         raw_ports = endpoint_spec.get("Ports")
@@ -74,31 +62,36 @@ def parse_service(data: Any) -> SwarmService:
     ports = tuple(port for port in map(_port, raw_ports) if port is not None)
     virtual_ips: dict[str, str] = {}
     for raw in endpoint.get("VirtualIPs") or []:
-        item = _dict(raw)
-        network_id, address = _str(item.get("NetworkID")), _address(_str(item.get("Addr")))
+        item = as_dict(raw)
+        network_id, address = as_str(item.get("NetworkID")), _address(as_str(item.get("Addr")))
         if network_id and address:
             virtual_ips[network_id] = address
-    image = _str(container_spec.get("Image"))
+    image = as_str(container_spec.get("Image"))
     return SwarmService(
         id=service_id,
-        name=_str(spec.get("Name")) or service_id[:12],
-        labels=_labels(spec.get("Labels")),
-        container_labels=_labels(container_spec.get("Labels")),
+        name=as_str(spec.get("Name")) or service_id[:12],
+        labels=string_map(spec.get("Labels")),
+        container_labels=string_map(container_spec.get("Labels")),
         env=parse_env(container_spec.get("Env")),
         ports=ports,
-        endpoint_mode=(_str(endpoint_spec.get("Mode")) or "vip").lower(),
+        endpoint_mode=(as_str(endpoint_spec.get("Mode")) or "vip").lower(),
         virtual_ips=virtual_ips,
         image=image.split("@", 1)[0],
     )
 
 
+def in_swarm(docker_info: Any) -> bool:
+    """Whether the engine (from `GET /info`) is an active member of a swarm."""
+    return as_dict(as_dict(docker_info).get("Swarm")).get("LocalNodeState") == "active"
+
+
 def manager_node_id(docker_info: Any) -> str:
     """This engine's Swarm node id, from `GET /info`, if it is an active manager: only
     managers can read services."""
-    swarm = _dict(_dict(docker_info).get("Swarm"))
-    if swarm.get("LocalNodeState") != "active" or swarm.get("ControlAvailable") is not True:
+    swarm = as_dict(as_dict(docker_info).get("Swarm"))
+    if not in_swarm(docker_info) or swarm.get("ControlAvailable") is not True:
         return ""
-    return _str(swarm.get("NodeID"))
+    return as_str(swarm.get("NodeID"))
 
 
 def task_service_id(container: Container) -> str:
@@ -134,14 +127,6 @@ def vip_container(
         "com.docker.swarm.service.name": service.name,
         LABEL_SERVICE_ID: service.id,
     }
-    ports: dict[tuple[int, str], ContainerPort] = {
-        (port.port, port.protocol): ContainerPort(port.port, port.protocol) for port in image_ports
-    }
-    for published in service.ports:
-        ports.setdefault(
-            (published.target, published.protocol),
-            ContainerPort(published.target, published.protocol),
-        )
     networks = tuple(
         NetworkAttachment(name=network_names[network_id], ip=ip, network_id=network_id)
         for network_id, ip in sorted(service.virtual_ips.items())
@@ -154,7 +139,8 @@ def vip_container(
         hostname="",
         labels=labels,
         env=dict(service.env),
-        ports=tuple(ports[key] for key in sorted(ports)),
+        # The planner adds the published targets, as for any task of a Swarm service.
+        ports=tuple(image_ports),
         networks=networks,
         network_mode="default",
         running=True,
