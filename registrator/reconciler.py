@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from registrator import checks as checks_mod
 from registrator.connect import sidecar_id
@@ -44,6 +45,7 @@ from registrator.swarm import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FULL_RECONCILE_CONCURRENCY = 16
 # "swarm": a manager's service reads, which can fail (no quorum, a demoted node) while the
@@ -298,13 +300,10 @@ class Reconciler:
         try:
             manager_id = manager_node_id(await self.docker.info())
             if manager_id != self.swarm_manager_id:
-                log.warning(
-                    "this engine %s a Swarm manager: %s",
-                    "is now" if manager_id else "is no longer",
-                    "reading Swarm services" if manager_id else "Swarm services cannot be read",
-                )
-                self.swarm_manager_id = manager_id
                 self._swarm_services.clear()
+            self.swarm_manager_id = self._role_changed(
+                "a Swarm manager", self.swarm_manager_id, manager_id, "reading Swarm services"
+            )
             if not manager_id:
                 self.swarm_leader = False
                 self._swarm_readable = True
@@ -318,16 +317,11 @@ class Reconciler:
                     continue
                 services[service.id] = service
             if self.context.swarm_vip:
-                node = await self.docker.node(manager_id)
-                manager_status = node.get("ManagerStatus")
-                leader = isinstance(manager_status, dict) and manager_status.get("Leader") is True
-                if leader != self.swarm_leader:
-                    log.info(
-                        "this node %s the Swarm leader: %s its VIP registrations",
-                        "is now" if leader else "is no longer",
-                        "writing" if leader else "removing",
-                    )
-                self.swarm_leader = leader
+                status = (await self.docker.node(manager_id)).get("ManagerStatus")
+                leader = isinstance(status, dict) and status.get("Leader") is True
+                self.swarm_leader = self._role_changed(
+                    "the Swarm leader", self.swarm_leader, leader, "writing VIP registrations"
+                )
                 await self._refresh_networks()
         except DockerError as err:
             self._error("swarm", f"full reconcile: cannot read Swarm state: {err}", True)
@@ -341,6 +335,19 @@ class Reconciler:
         if not self.context.swarm_vip:
             return set()
         return {vip_key(service_id) for service_id in services} | self._vip_keys_held()
+
+    @staticmethod
+    def _role_changed(role: str, before: T, now: T, duty: str) -> T:
+        """Log once when this engine gains or loses `role` (and with it `duty`)."""
+        if bool(now) != bool(before):
+            log.warning(
+                "this engine %s %s: %s %s",
+                "is now" if now else "is no longer",
+                role,
+                "starts" if now else "stops",
+                duty,
+            )
+        return now
 
     def _vip_keys_held(self) -> set[str]:
         return {key for key in self.held if is_vip_key(key)}
