@@ -19,6 +19,16 @@ if [[ -x "$out" ]] && "$out" version >/dev/null 2>&1; then
   exit 0
 fi
 
+# Two test runs on one machine (a developer's and a helper's, say) must not build at once: the
+# second waits here and then finds the first one's binary.
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.consul-build.lock"
+flock 9
+if [[ -x "$out" ]] && "$out" version >/dev/null 2>&1; then
+  echo "$out"
+  exit 0
+fi
+
 command -v go >/dev/null || { echo "build-consul: go is not on PATH" >&2; exit 1; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/consul-build.XXXXXX")"
