@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 
@@ -160,10 +161,21 @@ async def test_shutdown_deregisters_on_exit(
     assert consul.entries == {}
 
 
-async def test_ttl_heartbeats(
-    start: Callable[..., Awaitable[Running]], docker: FakeDocker, consul: FakeConsul
-) -> None:
+async def test_ttl_heartbeats_every_ttl_refresh(docker: FakeDocker, consul: FakeConsul) -> None:
     docker.run(A, "web")
-    await start(ttl=20, ttl_refresh=10)
+
+    async def hundredfold(seconds: float) -> None:
+        await asyncio.sleep(seconds / 100)
+
+    # -ttl-refresh 5 s, every wait a hundred times shorter: 50 ms between heartbeats.
+    timing = replace(FAST, sleep=hundredfold)
+    agent = Agent(Settings(resync=0, ttl=10, ttl_refresh=5), docker, consul, timing)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
     heartbeat = f"service:{sid('web')}:registrator-ttl"
-    await until(lambda: any(u[0] == heartbeat for u in consul.check_updates), "a heartbeat")
+    await until(
+        lambda: [u[0] for u in consul.check_updates].count(heartbeat) >= 2, "two heartbeats"
+    )
+    assert {u[1:] for u in consul.check_updates} == {("passing", "registrator is running")}
+    stop.set()
+    await asyncio.wait_for(task, 1.0)
