@@ -19,6 +19,13 @@ from registrator.settings import ConsulEndpoint
 from tests.unit.builders import inspect_document
 
 NODE = "node1"
+A = "a" * 64  # container ids
+B = "b" * 64
+
+
+def sid(name: str) -> str:
+    """The id registrator gives the service of container `name` built by container_document."""
+    return f"{NODE}:{name}:80"
 
 
 def container_document(

@@ -13,10 +13,8 @@ import pytest
 from registrator.agent import Agent, StartupError
 from registrator.settings import Settings
 from registrator.timing import Timing
-from tests.unit.fakes import NODE, FakeConsul, FakeDocker, until
+from tests.unit.fakes import A, B, FakeConsul, FakeDocker, sid, until
 
-A = "a" * 64
-B = "b" * 64
 FAST = Timing(
     event_backoff=(0.01, 0.05),
     reconcile_backoff=(0.01, 0.05),
@@ -24,20 +22,6 @@ FAST = Timing(
     shutdown_idle=0.2,
     shutdown_deregister=0.2,
 )
-
-
-def sid(name: str) -> str:
-    return f"{NODE}:{name}:80"
-
-
-@pytest.fixture
-def docker() -> FakeDocker:
-    return FakeDocker()
-
-
-@pytest.fixture
-def consul() -> FakeConsul:
-    return FakeConsul()
 
 
 Running = tuple[Agent, asyncio.Event, "asyncio.Task[None]"]

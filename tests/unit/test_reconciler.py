@@ -15,24 +15,7 @@ from registrator.model import META_CONTAINER
 from registrator.reconciler import Reconciler
 from registrator.settings import DeregisterMode
 from tests.unit.builders import make_context
-from tests.unit.fakes import NODE, FakeConsul, FakeDocker, until
-
-A = "a" * 64
-B = "b" * 64
-
-
-def sid(name: str) -> str:
-    return f"{NODE}:{name}:80"
-
-
-@pytest.fixture
-def docker() -> FakeDocker:
-    return FakeDocker()
-
-
-@pytest.fixture
-def consul() -> FakeConsul:
-    return FakeConsul()
+from tests.unit.fakes import NODE, A, B, FakeConsul, FakeDocker, sid, until
 
 
 def reconciler(docker: FakeDocker, consul: FakeConsul, **options: object) -> Reconciler:
