@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 from registrator import checks as checks_mod
 from registrator.backends import ConsulAPI, DockerAPI
@@ -113,9 +114,10 @@ class CheckRunner:
                 await self.report(script_update(check, None, f"exec failed: {err}"))
             await self.timing.sleep(interval)
 
-    async def heartbeat(self, registered: Iterable[Service]) -> None:
-        """-ttl: keep every service's registrator heartbeat check passing."""
-        await self.report_all(heartbeat_updates(list(registered)))
+    async def heartbeat(self, registered: Iterable[Service], stopped: AbstractSet[str]) -> None:
+        """-ttl: keep the registrator heartbeat check of every running container's services
+        passing (`stopped`: containers kept while not running)."""
+        await self.report_all(heartbeat_updates(list(registered), stopped))
 
     async def close(self) -> None:
         tasks = [task for _, task in self._scripts.values()]

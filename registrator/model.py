@@ -90,6 +90,8 @@ class Container:
     exit_code: int
     health: str | None = None
     health_output: str = ""
+    # When it last stopped (Docker's State.FinishedAt, RFC 3339; "" if it never did).
+    finished_at: str = ""
     # The Swarm service this task container belongs to, when the agent could read it.
     swarm_service: SwarmService | None = None
 

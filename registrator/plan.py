@@ -11,7 +11,8 @@ own checks. The node-level decisions (maintenance on a stop signal, clean-up at 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, replace
 
 from registrator import checks as checks_mod
 from registrator.connect import sidecar_id
@@ -36,10 +37,14 @@ class Holdings:
 
     held: container id (or VIP key) → service id → what Consul holds for it.
     registered: service id → the Service last registered under it (checks, sidecar, script).
+    waiting: container id → the contested ids it waits for (see Outcome.contested).
+    stopped: containers whose services are kept while they do not run (Outcome.kept).
     """
 
     held: Mapping[str, Mapping[str, HeldService]]
     registered: Mapping[str, Service]
+    waiting: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    stopped: AbstractSet[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,10 @@ class Outcome:
     problems: lines to log (once per change); None when the container is gone.
     contested: ids this container wants that another container holds; it waits for them.
     check_updates: statuses registrator reports for the checks it runs itself.
-    kept: a failed container keeps its services as they are (-deregister on-success).
+    kept: a failed container keeps its services as they are (-deregister on-success); the
+        checks registrator controls are then critical, and it runs none of them (no script,
+        no heartbeat, no health mirror) until the container runs again.
+    hand_over: containers waiting for an id this plan releases; reconcile them right after.
     """
 
     plan: Plan
@@ -59,6 +67,7 @@ class Outcome:
     contested: tuple[str, ...] = ()
     check_updates: tuple[CheckUpdate, ...] = ()
     kept: bool = False
+    hand_over: tuple[str, ...] = ()
 
 
 def plan_container(
@@ -67,9 +76,10 @@ def plan_container(
     """The Outcome for container `key` (None: no such container, or not ours to write)."""
     held = holdings.held.get(key, {})
     if container is None:
-        return Outcome(plan_changes((), held))
+        plan = plan_changes((), held)
+        return Outcome(plan, hand_over=contenders(plan, key, holdings))
     if keeps_registrations(container, ctx.settings.deregister):
-        return Outcome(Plan(), kept=True)
+        return Outcome(Plan(), check_updates=stopped_checks(container, held, ctx), kept=True)
     result = desired_services(container, ctx)
     services, contested, taken = without_contested_ids(key, result.services, holdings)
     plan = plan_changes(services, held)
@@ -86,6 +96,42 @@ def plan_container(
         tuple(str(problem) for problem in result.problems) + taken,
         contested,
         mirror_health(container, services),
+        hand_over=contenders(plan, key, holdings),
+    )
+
+
+def contenders(plan: Plan, key: str, holdings: Holdings) -> tuple[str, ...]:
+    """The containers waiting for an id `plan` deregisters: the id is theirs at once, not at
+    the next resync (a blue/green deploy must not lose its service in between)."""
+    released = set(plan.deregister)
+    if not released:
+        return ()
+    return tuple(
+        sorted(
+            other
+            for other, ids in holdings.waiting.items()
+            if other != key and released.intersection(ids)
+        )
+    )
+
+
+def stopped_checks(
+    container: Container, held: Mapping[str, HeldService], ctx: PlanContext
+) -> tuple[CheckUpdate, ...]:
+    """A kept service of a container that exited: every check registrator controls is
+    critical, saying why (Consul probes the others, which fail by themselves)."""
+    reason = f"container exited with code {container.exit_code}"
+    if container.finished_at:
+        reason += f" at {container.finished_at}"
+    # The checks it had while it ran (labels do not change while a container is stopped), so
+    # they are known after a restart of the agent too.
+    as_running = desired_services(replace(container, running=True), ctx).services
+    return tuple(
+        CheckUpdate(check.check_id, "critical", reason)
+        for service in as_running
+        if service.id in held
+        for check in service.checks
+        if check.kind.reported_by_agent
     )
 
 
@@ -164,11 +210,15 @@ def script_update(check: Check, exit_code: int | None, output: str) -> CheckUpda
     return CheckUpdate(check.check_id, status, output, refresh_after(check))
 
 
-def heartbeat_updates(registered: Iterable[Service]) -> tuple[CheckUpdate, ...]:
-    """-ttl: every registrator heartbeat check passing, sent every time (refresh_after 0)."""
+def heartbeat_updates(
+    registered: Iterable[Service], stopped: AbstractSet[str] = frozenset()
+) -> tuple[CheckUpdate, ...]:
+    """-ttl: every registrator heartbeat check passing, sent every time (refresh_after 0),
+    except those of containers in `stopped` (kept, not running: never passing)."""
     return tuple(
         CheckUpdate(check.check_id, "passing", "registrator is running", 0.0)
         for service in registered
+        if service.container_id not in stopped
         for check in service.checks
         if check.kind is CheckKind.HEARTBEAT
     )

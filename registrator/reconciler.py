@@ -169,7 +169,7 @@ class Reconciler:
                     await self._reconcile_locked(container_id, state, force_inspect=state is None)
 
             await asyncio.gather(*(one(cid) for cid in container_ids))
-            self.ledger.drop_empty()
+            self.ledger.drop_empty(container_ids)
             self.stats.full_reconciles += 1
             self.stats.last_full_seconds = asyncio.get_running_loop().time() - started
             self.synced = True
@@ -199,15 +199,20 @@ class Reconciler:
         touched = set(self.ledger.held.get(container_id, {}))
         outcome = plan_container(container_id, container, self.ledger.holdings(), self.context)
         self._report_problems(container_id, outcome)
+        self.ledger.note(container_id, outcome.contested, outcome.kept)
         if not outcome.plan.empty:
             await self._apply(container_id, container, outcome.plan)
+        for contender in outcome.hand_over:
+            self.mark(contender)
         held = self.ledger.held.get(container_id, {})
         for service in outcome.services:
             if service.id in held:
                 self.ledger.registered[service.id] = service
         await self.checks.report_all(outcome.check_updates)
         desired = {service.id for service in outcome.services}
-        self.checks.sync_scripts(self.ledger.registered, touched | desired)
+        # A kept container runs no scripts: its checks stay at the critical the plan set.
+        scripts = {} if outcome.kept else self.ledger.registered
+        self.checks.sync_scripts(scripts, touched | desired)
 
     async def _apply(self, container_id: str, container: Container | None, plan: Plan) -> None:
         held_before = dict(self.ledger.held.get(container_id, {}))
@@ -326,7 +331,7 @@ class Reconciler:
 
     async def heartbeat_ttl(self) -> None:
         """-ttl: keep every service's registrator heartbeat check passing."""
-        await self.checks.heartbeat(self.ledger.registered.values())
+        await self.checks.heartbeat(self.ledger.registered.values(), self.ledger.stopped)
 
     async def close(self) -> None:
         await self.checks.close()

@@ -82,7 +82,12 @@ class FakeDocker:
 
     def exit(self, container_id: str, exit_code: int) -> None:
         state = self.documents[container_id]["State"]
-        state.update(Running=False, ExitCode=exit_code, Status="exited")
+        state.update(
+            Running=False,
+            ExitCode=exit_code,
+            Status="exited",
+            FinishedAt="2026-11-30T03:04:05.123456789Z",
+        )
 
     def remove(self, container_id: str) -> None:
         self.documents.pop(container_id, None)

@@ -257,3 +257,88 @@ def test_shutdown_deregisters_everything_per_container() -> None:
         "c1": ("x", "y"),
         "c2": ("z",),
     }
+
+
+# --- a kept container is never passing (issue 12, 1) -------------------------------------------
+
+AGENT_CHECKS = {"SERVICE_CHECK_SCRIPT": "true", "SERVICE_CHECK_HTTP": "/health"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "health", "ttl", "kinds"),
+    [
+        pytest.param({}, None, 20, {CheckKind.HEARTBEAT}, id="-ttl heartbeat"),
+        pytest.param({}, "healthy", 0, {CheckKind.DOCKER_HEALTH}, id="health mirror"),
+        pytest.param(AGENT_CHECKS, None, 0, {CheckKind.SCRIPT}, id="script, not the HTTP probe"),
+        pytest.param({}, None, 0, set(), id="no check of ours"),
+        pytest.param(
+            AGENT_CHECKS,
+            "unhealthy",
+            20,
+            {CheckKind.HEARTBEAT, CheckKind.DOCKER_HEALTH, CheckKind.SCRIPT},
+            id="all three",
+        ),
+    ],
+)
+def test_kept_container_has_its_agent_checks_critical(
+    labels: dict[str, str], health: str | None, ttl: int, kinds: set[CheckKind]
+) -> None:
+    running = make_container(labels=labels, health=health)
+    context = make_context(deregister=DeregisterMode.ON_SUCCESS, ttl=ttl)
+    (service,) = desired_services(running, context).services
+    exited = make_container(
+        labels=labels,
+        health=health,
+        running=False,
+        exit_code=3,
+        finished_at="2026-11-30T03:04:05Z",
+    )
+    outcome = plan_container(CONTAINER_ID, exited, holdings(holding(service)), context)
+    assert outcome.kept and outcome.plan.empty
+    expected = {c.check_id for c in service.checks if c.kind in kinds}
+    assert {u.check_id for u in outcome.check_updates} == expected
+    assert {(u.status, u.output) for u in outcome.check_updates} <= {
+        ("critical", "container exited with code 3 at 2026-11-30T03:04:05Z")
+    }
+
+
+def test_kept_container_checks_of_services_no_longer_held_are_left_alone() -> None:
+    context = make_context(deregister=DeregisterMode.ON_SUCCESS, ttl=20)
+    exited = make_container(running=False, exit_code=1)
+    outcome = plan_container(CONTAINER_ID, exited, holdings({}), context)
+    assert outcome.kept and outcome.check_updates == ()
+
+
+def test_no_heartbeat_for_a_stopped_container() -> None:
+    (service,) = services_of(make_container(), ttl=20)
+    assert heartbeat_updates([service], stopped={CONTAINER_ID}) == ()
+    assert len(heartbeat_updates([service], stopped={OTHER_ID})) == 1
+
+
+# --- a contested id changes hands at once (issue 12, 6) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("blue", "waiting", "hand_over"),
+    [
+        pytest.param(None, {OTHER_ID: ("shared",)}, (OTHER_ID,), id="blue gone: green next"),
+        pytest.param(
+            make_container(running=False, exit_code=0),
+            {OTHER_ID: ("shared",)},
+            (OTHER_ID,),
+            id="blue exited: green next",
+        ),
+        pytest.param(
+            make_container(labels=SHARED), {OTHER_ID: ("shared",)}, (), id="blue runs: keeps it"
+        ),
+        pytest.param(None, {OTHER_ID: ("other",)}, (), id="green waits for another id"),
+        pytest.param(None, {}, (), id="nobody waits"),
+    ],
+)
+def test_releasing_an_id_hands_it_to_its_contenders(
+    blue: Container | None, waiting: dict[str, tuple[str, ...]], hand_over: tuple[str, ...]
+) -> None:
+    (service,) = services_of(make_container(labels=SHARED))
+    state = Holdings(holding(service), {service.id: service}, waiting)
+    outcome = plan_container(CONTAINER_ID, blue, state, make_context())
+    assert outcome.hand_over == hand_over

@@ -95,7 +95,7 @@ async def test_resync_listing_consul_while_a_registration_is_in_flight(
     assert consul.registers == [sid("web")]
 
 
-async def test_contested_id_stays_with_its_holder_until_released(
+async def test_contested_id_stays_with_its_holder_then_changes_hands_at_once(
     docker: FakeDocker, consul: FakeConsul, caplog: pytest.LogCaptureFixture
 ) -> None:
     docker.run(A, "first", labels={"SERVICE_ID": "shared"})
@@ -110,11 +110,12 @@ async def test_contested_id_stays_with_its_holder_until_released(
     skipped = [m for m in caplog.messages if "already registered for container first" in m]
     assert len(skipped) == 1, "a contested id is reported once, not on every reconcile"
 
+    # Released: the waiting container takes the id at once, not at the next resync.
     docker.remove(A)
     await r.reconcile_container(A)
-    assert consul.entries == {}
-    assert await r.full_reconcile()
+    await r.idle()
     assert consul.entries["shared"]["Meta"][META_CONTAINER] == B
+    assert consul.registers == ["shared", "shared"]
 
 
 @pytest.mark.parametrize(
@@ -208,3 +209,29 @@ async def test_drain_and_undrain(docker: FakeDocker, consul: FakeConsul) -> None
     await r.drain(A)
     await r.undrain_if_running(A)  # stopped: stays in maintenance until deregistered
     assert consul.maintenance == [(sid("web"), True), (sid("web"), False), (sid("web"), True)]
+
+
+async def test_kept_container_is_never_passing(docker: FakeDocker, consul: FakeConsul) -> None:
+    docker.run(A, "web", labels={"SERVICE_CHECK_SCRIPT": "true"})
+    r = reconciler(docker, consul, deregister=DeregisterMode.ON_SUCCESS, ttl=20)
+    await r.reconcile_container(A)
+    heartbeat = f"service:{sid('web')}:registrator-ttl"
+    script = f"service:{sid('web')}:script"
+    await r.heartbeat_ttl()
+    await until(lambda: (script, "passing", "ok") in consul.check_updates, "a script run")
+    assert r.checks.scripts_running() == {sid("web")}
+
+    docker.exit(A, 3)
+    await r.reconcile_container(A)
+    sent = len(consul.check_updates)
+    await r.heartbeat_ttl()
+    await asyncio.sleep(0.01)
+    assert sid("web") in consul.entries, "kept: -deregister on-success"
+    assert r.checks.scripts_running() == set(), "no script runs in a stopped container"
+    latest = {check_id: (status, output) for check_id, status, output in consul.check_updates}
+    assert latest[heartbeat][0] == latest[script][0] == "critical"
+    assert latest[heartbeat][1] == "container exited with code 3 at 2026-11-30T03:04:05Z"
+    assert len(consul.check_updates) == sent, "no heartbeat, no script result after the exit"
+    # A resync says the same thing once, not again.
+    assert await r.full_reconcile()
+    assert len(consul.check_updates) == sent
