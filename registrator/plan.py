@@ -79,7 +79,9 @@ def plan_container(
         plan = plan_changes((), held)
         return Outcome(plan, hand_over=contenders(plan, key, holdings))
     if keeps_registrations(container, ctx.settings.deregister):
-        return Outcome(Plan(), check_updates=stopped_checks(container, held, ctx), kept=True)
+        return Outcome(
+            Plan(), check_updates=stopped_checks(container, held, holdings, ctx), kept=True
+        )
     result = desired_services(container, ctx)
     services, contested, taken = without_contested_ids(key, result.services, holdings)
     plan = plan_changes(services, held)
@@ -116,20 +118,23 @@ def contenders(plan: Plan, key: str, holdings: Holdings) -> tuple[str, ...]:
 
 
 def stopped_checks(
-    container: Container, held: Mapping[str, HeldService], ctx: PlanContext
+    container: Container, held: Mapping[str, HeldService], holdings: Holdings, ctx: PlanContext
 ) -> tuple[CheckUpdate, ...]:
     """A kept service of a container that exited: every check registrator controls is
     critical, saying why (Consul probes the others, which fail by themselves)."""
     reason = f"container exited with code {container.exit_code}"
     if container.finished_at:
         reason += f" at {container.finished_at}"
-    # The checks it had while it ran (labels do not change while a container is stopped), so
-    # they are known after a restart of the agent too.
-    as_running = desired_services(replace(container, running=True), ctx).services
+    services = [holdings.registered[sid] for sid in held if sid in holdings.registered]
+    if len(services) < len(held):
+        # Not registered by this run of the agent (it restarted since): the checks the
+        # container would have if it ran. Labels do not change while it is stopped, but a
+        # stopped container has no published ports, so this finds fewer than it had.
+        as_running = desired_services(replace(container, running=True), ctx).services
+        services += [s for s in as_running if s.id in held and s.id not in holdings.registered]
     return tuple(
         CheckUpdate(check.check_id, "critical", reason)
-        for service in as_running
-        if service.id in held
+        for service in services
         for check in service.checks
         if check.kind.reported_by_agent
     )

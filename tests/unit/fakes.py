@@ -88,6 +88,8 @@ class FakeDocker:
             Status="exited",
             FinishedAt="2026-11-30T03:04:05.123456789Z",
         )
+        # Docker drops the published ports (and the address) of a stopped container.
+        self.documents[container_id]["NetworkSettings"]["Ports"] = {}
 
     def remove(self, container_id: str) -> None:
         self.documents.pop(container_id, None)
