@@ -67,6 +67,7 @@ class Inspects:
         if cached is not None and not force and cached.state == list_state:
             return cached.container
         document = await self.docker.inspect(container_id)
+        self.status.answered("docker")
         if document is None:
             self._cache.pop(container_id, None)
             return None

@@ -183,7 +183,11 @@ async def test_docker_outage_leaves_consul_alone(docker: FakeDocker, consul: Fak
     r.mark(A)
     await r.idle()
     assert list(consul.entries) == [sid("web")]
+    assert not r.status.up("docker")
     docker.down = False
+    r.mark(A)  # the next Docker answer, even a single inspect, ends the outage
+    await r.idle()
+    assert r.status.up("docker")
     assert await r.full_reconcile()
     assert consul.deregisters == []
 
