@@ -9,26 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from registrator.consul import ConsulClient, ConsulError
+from registrator.backends import ConsulAPI, DockerAPI
+from registrator.consul import ConsulError
 from registrator.containers import as_dict
-from registrator.docker import CONTAINER_EVENTS, DockerClient, DockerError
+from registrator.docker import DockerError
+from registrator.events import (
+    event_container_id,
+    event_service_id,
+    is_stop_signal,
+    is_subscribed,
+    since_from_time_nano,
+)
 from registrator.planner import PlanContext
 from registrator.reconciler import Reconciler
 from registrator.settings import Settings
+from registrator.status import Status
 from registrator.swarm import in_swarm, manager_node_id
+from registrator.timing import Timing
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-EVENT_BACKOFF_MAX = 30.0
-RETRY_BACKOFF_MAX = 5.0
 
 
 class StartupError(Exception):
@@ -41,55 +47,6 @@ class Identity:
     default_address: str
     docker_version: str
     consul_node: str
-
-
-def event_container_id(event: dict[str, Any]) -> str | None:
-    """The container an event is about, if it is one we reconcile on."""
-    kind = event.get("Type")
-    action = str(event.get("Action") or event.get("status") or "")
-    actor = event.get("Actor") if isinstance(event.get("Actor"), dict) else {}
-    assert isinstance(actor, dict)
-    if kind == "container":
-        # "health_status: healthy" carries its value after a colon.
-        if action.split(":", 1)[0].strip() in CONTAINER_EVENTS:
-            container_id = actor.get("ID") or event.get("id")
-            return str(container_id) if container_id else None
-        return None
-    if kind == "network" and action in {"connect", "disconnect"}:
-        attributes = actor.get("Attributes")
-        if isinstance(attributes, dict) and attributes.get("container"):
-            return str(attributes["container"])
-    return None
-
-
-def event_service_id(event: dict[str, Any]) -> str | None:
-    """The Swarm service a service event (create, update, remove) is about."""
-    if event.get("Type") != "service":
-        return None
-    actor = event.get("Actor")
-    service_id = actor.get("ID") if isinstance(actor, dict) else None
-    return str(service_id) if service_id else None
-
-
-# Signals after which a container is expected to go away (docker stop, docker kill, Ctrl-C).
-_STOP_SIGNALS = frozenset({"2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM"})
-DRAIN_RECHECK_SECONDS = 30.0
-
-
-def is_stop_signal(event: dict[str, Any]) -> bool:
-    """A `kill` event whose signal means "stop": the moment to drain, before `die`."""
-    if event.get("Type") != "container" or event.get("Action") != "kill":
-        return False
-    actor = event.get("Actor")
-    attributes = actor.get("Attributes") if isinstance(actor, dict) else None
-    signal = attributes.get("signal") if isinstance(attributes, dict) else None
-    return str(signal) in _STOP_SIGNALS
-
-
-def since_from_time_nano(time_nano: int) -> str:
-    """Docker's `since` takes `seconds.nanoseconds`; resuming from the last event's own time
-    may repeat it, which level-triggered reconciles make harmless, and never skips one."""
-    return f"{time_nano // 1_000_000_000}.{time_nano % 1_000_000_000:09d}"
 
 
 def _hint(err: DockerError | ConsulError) -> str:
@@ -125,21 +82,7 @@ def plan_context(
         docker_version=docker_version,
         consul_node=str(as_dict(consul_self.get("Config")).get("NodeName") or ""),
     )
-    context = PlanContext(
-        node=node,
-        internal=settings.internal,
-        explicit=settings.explicit,
-        host_ip=settings.ip,
-        default_address=default_address,
-        tags_template=settings.tags,
-        use_ip_from_label=settings.use_ip_from_label,
-        network=settings.network,
-        ttl=settings.ttl,
-        docker_health=settings.docker_health,
-        docker_health_initial=settings.docker_health_initial,
-        swarm_vip=settings.swarm_vip,
-    )
-    return identity, context
+    return identity, PlanContext(node, default_address, settings)
 
 
 def swarm_notes(settings: Settings, docker_info: dict[str, Any]) -> list[str]:
@@ -170,18 +113,33 @@ def swarm_notes(settings: Settings, docker_info: dict[str, Any]) -> list[str]:
 
 
 class Agent:
-    def __init__(self, settings: Settings, docker: DockerClient, consul: ConsulClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        docker: DockerAPI,
+        consul: ConsulAPI,
+        timing: Timing | None = None,
+    ) -> None:
         self.settings = settings
         self.docker = docker
         self.consul = consul
+        self.timing = timing or Timing()
+        # Whether Docker and Consul answer, shared with the reconciler: /health reads it.
+        self.status = Status()
         self.reconciler: Reconciler | None = None
         self.identity: Identity | None = None
-        self.docker_ok = False
-        self.consul_ok = False
         self._full_requested = asyncio.Event()
         self._since: str | None = None
         self._stream_state = ""  # for logging only state changes
         self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def docker_ok(self) -> bool:
+        return self.status.up("docker")
+
+    @property
+    def consul_ok(self) -> bool:
+        return self.status.up("consul")
 
     @property
     def ready(self) -> bool:
@@ -206,27 +164,28 @@ class Agent:
                     raise StartupError(f"{what}: {err}") from err
                 if tried == 1:
                     log.warning("waiting for %s: %s (retrying every %.1f s)", what, err, interval)
-                await asyncio.sleep(interval)
+                await self.timing.sleep(interval)
 
     async def start(self) -> Identity:
         docker_version = await self._startup_call(
             f"Docker at {self.docker.host}", self.docker.negotiate
         )
         info = await self._startup_call("Docker info", self.docker.info)
-        self.docker_ok = True
+        self.status.answered("docker")
         consul_self = await self._startup_call(
             f"Consul at {self.consul.endpoint}", self.consul.agent_self
         )
-        self.consul_ok = True
+        self.status.answered("consul")
         self.identity, context = plan_context(self.settings, info, consul_self, docker_version)
         node, default_address = self.identity.node, self.identity.default_address
         self.reconciler = Reconciler(
             self.docker,
             self.consul,
             context,
-            self.settings.deregister,
             swarm_manager_id=manager_node_id(info),
             in_swarm=in_swarm(info),
+            status=self.status,
+            timing=self.timing,
         )
         for note in swarm_notes(self.settings, info):
             log.warning("%s", note)
@@ -266,9 +225,11 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*tasks, *self._background, return_exceptions=True)
             try:
-                await asyncio.wait_for(self.reconciler.idle(), timeout=3.0)
+                await asyncio.wait_for(self.reconciler.idle(), timeout=self.timing.shutdown_idle)
                 if self.settings.deregister_on_exit:
-                    await asyncio.wait_for(self.reconciler.deregister_all(), timeout=1.5)
+                    await asyncio.wait_for(
+                        self.reconciler.deregister_all(), timeout=self.timing.shutdown_deregister
+                    )
             except TimeoutError:
                 log.warning("shutdown: in-flight work did not finish in time; exiting anyway")
             await self.reconciler.close()
@@ -282,7 +243,7 @@ class Agent:
         assert self.reconciler is not None
         await self.reconciler.drain(container_id)
         # A trapped or ignored signal leaves the container running; do not leave it drained.
-        await asyncio.sleep(DRAIN_RECHECK_SECONDS)
+        await self.timing.sleep(self.timing.drain_recheck)
         await self.reconciler.undrain_if_running(container_id)
 
     def request_full_reconcile(self) -> None:
@@ -291,35 +252,30 @@ class Agent:
     async def _full_reconciles(self) -> None:
         """Serial full reconciles on request; retried with bounded backoff after failures."""
         assert self.reconciler is not None
-        backoff = 0.5
+        backoff = self.timing.backoff(self.timing.reconcile_backoff)
         while True:
             await self._full_requested.wait()
             self._full_requested.clear()
-            ok = await self.reconciler.full_reconcile()
-            self.consul_ok = self.reconciler.consul_up
-            if ok:
-                backoff = 0.5
+            if await self.reconciler.full_reconcile():
+                backoff.reset()
                 continue
             # Backoff, cut short by a new request (the resync timer, a Docker reconnect): a
             # failure must not push the next scheduled resync further out.
             try:
-                await asyncio.wait_for(
-                    self._full_requested.wait(), backoff + random.uniform(0, backoff / 4)
-                )
+                await asyncio.wait_for(self._full_requested.wait(), backoff.next())
             except TimeoutError:
                 self._full_requested.set()
-            backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
 
     async def _resync_timer(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.resync)
+            await self.timing.sleep(self.settings.resync)
             self.request_full_reconcile()
 
     async def _ttl_heartbeats(self) -> None:
         assert self.reconciler is not None
         while True:
             await self.reconciler.heartbeat_ttl()
-            await asyncio.sleep(self.settings.ttl_refresh)
+            await self.timing.sleep(self.settings.ttl_refresh)
 
     def _stream(self, state: str, message: str, *args: object) -> None:
         if state != self._stream_state:
@@ -328,35 +284,38 @@ class Agent:
 
     async def _follow_events(self) -> None:
         assert self.reconciler is not None
-        backoff = 0.5
+        backoff = self.timing.backoff(self.timing.event_backoff)
         while True:
             try:
                 async for event in self.docker.events(self._since):
-                    if event.get("Type") == "registrator":
+                    if is_subscribed(event):
                         # Subscribed before listing: nothing that happens from here on can
                         # be missed by the full reconcile that follows.
-                        self.docker_ok = True
-                        backoff = 0.5
+                        self.status.answered("docker", announce=False)
+                        backoff.reset()
                         self.reconciler.forget_inspects()
                         self.request_full_reconcile()
                         self._stream("up", "following Docker events")
                         continue
-                    self.reconciler.stats.events += 1
-                    time_nano = event.get("timeNano")
-                    if isinstance(time_nano, int):
-                        self._since = since_from_time_nano(time_nano)
-                        self.reconciler.stats.last_event_lag = time.time() - time_nano / 1e9
-                    service_id = event_service_id(event)
-                    if service_id:
-                        self.reconciler.swarm_service_changed(service_id)
-                    container_id = event_container_id(event)
-                    if container_id:
-                        if self.settings.drain and is_stop_signal(event):
-                            self._spawn(self._drain(container_id))
-                        self.reconciler.mark(container_id)
+                    self._on_event(event)
                 self._stream("closed", "Docker closed the event stream; reconnecting")
             except DockerError as err:
-                self.docker_ok = False
+                self.status.lost("docker")
                 self._stream("error", "Docker event stream failed: %s; reconnecting", err)
-            await asyncio.sleep(backoff + random.uniform(0, backoff / 4))
-            backoff = min(backoff * 2, EVENT_BACKOFF_MAX)
+            await self.timing.sleep(backoff.next())
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        assert self.reconciler is not None
+        self.reconciler.stats.events += 1
+        time_nano = event.get("timeNano")
+        if isinstance(time_nano, int):
+            self._since = since_from_time_nano(time_nano)
+            self.reconciler.stats.last_event_lag = time.time() - time_nano / 1e9
+        service_id = event_service_id(event)
+        if service_id:
+            self.reconciler.swarm_service_changed(service_id)
+        container_id = event_container_id(event)
+        if container_id:
+            if self.settings.drain and is_stop_signal(event):
+                self._spawn(self._drain(container_id))
+            self.reconciler.mark(container_id)

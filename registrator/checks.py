@@ -12,13 +12,11 @@ import re
 from dataclasses import dataclass
 
 from registrator.labels import Metadata, is_true_ignore
-from registrator.model import Check, Container, Problem
+from registrator.model import Check, CheckKind, Container, Problem
+from registrator.settings import Settings
 
 DEFAULT_INTERVAL = "10s"
 SCRIPT_TIMEOUT_SECONDS = 30.0
-SCRIPT_KIND = "script"
-DOCKER_HEALTH_KIND = "docker-health"
-TTL_HEARTBEAT_KIND = "registrator-ttl"
 
 # Go's time.ParseDuration, as Consul reads durations: "10s", "1m30s", "1.5h", "250ms".
 # A bare "0" is the only unitless form, and only on its own ("00" and "1s0" are errors).
@@ -40,7 +38,7 @@ class Target:
     port: int
 
 
-def check_id(service_id: str, kind: str) -> str:
+def check_id(service_id: str, kind: CheckKind | str) -> str:
     return f"service:{service_id}:{kind}"
 
 
@@ -95,11 +93,9 @@ def build_checks(
     service_id: str,
     target: Target,
     container: Container,
-    *,
-    docker_health: bool,
-    docker_health_initial: str,
-    ttl: int,
+    settings: Settings,
 ) -> ChecksResult:
+    """The checks of one service; options read: -docker-health, -docker-health-initial, -ttl."""
     checks: list[Check] = []
     problems: list[Problem] = []
 
@@ -146,18 +142,18 @@ def build_checks(
             else:
                 problem(key, f"{raw!r} is not a non-negative integer; ignored")
 
-    def add(kind: str, name: str, fields: dict[str, object], probing: bool = True) -> None:
+    def add(kind: CheckKind, name: str, fields: dict[str, object], probing: bool = True) -> None:
         if probing:
             if not common_ok:
                 return
             fields = {"Interval": interval, **common, **fields}
-        checks.append(Check(check_id(service_id, kind), name, fields))
+        checks.append(Check(check_id(service_id, kind), kind, name, fields))
 
-    for kind, scheme in (("HTTP", "http"), ("HTTPS", "https")):
+    for kind, check_kind in (("HTTP", CheckKind.HTTP), ("HTTPS", CheckKind.HTTPS)):
         value = metadata.get(f"CHECK_{kind}").strip()
         if not value:
             continue
-        fields: dict[str, object] = {"HTTP": _url(scheme, value, target)}
+        fields: dict[str, object] = {"HTTP": _url(check_kind.value, value, target)}
         method = metadata.get(f"CHECK_{kind}_METHOD", metadata.get("CHECK_METHOD")).strip()
         if method:
             fields["Method"] = method.upper()
@@ -176,12 +172,12 @@ def build_checks(
             fields["Body"] = body
         if is_true_ignore(metadata.get("CHECK_TLS_SKIP_VERIFY")):
             fields["TLSSkipVerify"] = True
-        add(kind.lower(), f"{kind} {fields['HTTP']}", fields)
+        add(check_kind, f"{kind} {fields['HTTP']}", fields)
 
     tcp = metadata.get("CHECK_TCP").strip()
     if tcp and tcp.lower() not in {"false", "0", "no"}:
         address = tcp if ":" in tcp and tcp.lower() != "true" else _host_port(target)
-        add("tcp", f"TCP {address}", {"TCP": address})
+        add(CheckKind.TCP, f"TCP {address}", {"TCP": address})
 
     grpc = metadata.get("CHECK_GRPC").strip()
     if grpc and grpc.lower() not in {"false", "0", "no"}:
@@ -190,13 +186,13 @@ def build_checks(
         fields = {"GRPC": address}
         if is_true_ignore(metadata.get("CHECK_GRPC_USE_TLS")):
             fields["GRPCUseTLS"] = True
-        add("grpc", f"gRPC {address}", fields)
+        add(CheckKind.GRPC, f"gRPC {address}", fields)
 
     ttl_value = metadata.get("CHECK_TTL").strip()
     if ttl_value:
         if is_duration(ttl_value):
             fields = {"TTL": ttl_value, **{k: v for k, v in common.items() if k != "Timeout"}}
-            add("ttl", f"TTL {ttl_value} (application heartbeats)", fields, probing=False)
+            add(CheckKind.TTL, f"TTL {ttl_value} (application heartbeats)", fields, probing=False)
         else:
             problem("CHECK_TTL", f"{ttl_value!r} is not a duration like 30s; check skipped")
 
@@ -208,7 +204,7 @@ def build_checks(
         ttl_for_script = _script_ttl(interval or DEFAULT_INTERVAL)
         fields = {"TTL": ttl_for_script, "Notes": f"registrator runs: {script}"}
         fields.update({k: v for k, v in common.items() if k not in {"Timeout"}})
-        add(SCRIPT_KIND, "Script in container", fields, probing=False)
+        add(CheckKind.SCRIPT, "Script in container", fields, probing=False)
         script_interval = duration_seconds(interval or DEFAULT_INTERVAL)
         # Consul's own default for script checks; an exec on a loaded host can take longer
         # than a short interval without the script failing.
@@ -217,24 +213,24 @@ def build_checks(
         script = ""
 
     health_opt_out = metadata.get("CHECK_DOCKER_HEALTH").strip().lower() in {"false", "0", "no"}
-    if docker_health and container.health and not health_opt_out:
+    if settings.docker_health and container.health and not health_opt_out:
         add(
-            DOCKER_HEALTH_KIND,
+            CheckKind.DOCKER_HEALTH,
             "Docker HEALTHCHECK",
             {
                 # The agent reports every transition; the TTL only catches a dead agent.
                 "TTL": "24h",
-                "Status": docker_health_initial,
+                "Status": settings.docker_health_initial,
                 "Notes": "mirrors the container's Docker HEALTHCHECK",
             },
             probing=False,
         )
 
-    if ttl > 0:
+    if settings.ttl > 0:
         add(
-            TTL_HEARTBEAT_KIND,
+            CheckKind.HEARTBEAT,
             "registrator heartbeat",
-            {"TTL": f"{ttl}s", "Status": "passing"},
+            {"TTL": f"{settings.ttl}s", "Status": "passing"},
             probing=False,
         )
     return ChecksResult(tuple(checks), tuple(problems), script, script_interval, script_timeout)

@@ -145,4 +145,13 @@ def parse_container(data: Any) -> Container:
         exit_code=exit_code if isinstance(exit_code, int) else 0,
         health=as_str(health.get("Status")) or None,
         health_output=last_output,
+        finished_at=_finished_at(state.get("FinishedAt")),
     )
+
+
+def _finished_at(value: object) -> str:
+    """State.FinishedAt to the second; Docker's zero time ("0001-01-01T00:00:00Z") is ""."""
+    text = as_str(value)
+    if not text or text.startswith("0001-"):
+        return ""
+    return text.split(".", 1)[0].rstrip("Z") + "Z"

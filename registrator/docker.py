@@ -22,22 +22,6 @@ log = logging.getLogger(__name__)
 MAX_API_VERSION = (1, 43)
 # Oldest we need: the fields we read exist since 1.24 (Docker 1.12).
 MIN_API_VERSION = (1, 24)
-CONTAINER_EVENTS = frozenset(
-    {
-        "start",
-        "die",
-        "stop",
-        "kill",
-        "destroy",
-        "pause",
-        "unpause",
-        "restart",
-        "rename",
-        "update",
-        "oom",
-        "health_status",
-    }
-)
 
 
 class DockerError(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 OWNER_SOURCE = "registrator"
 META_SOURCE = "external-source"
@@ -89,6 +90,8 @@ class Container:
     exit_code: int
     health: str | None = None
     health_output: str = ""
+    # When it last stopped (Docker's State.FinishedAt, RFC 3339; "" if it never did).
+    finished_at: str = ""
     # The Swarm service this task container belongs to, when the agent could read it.
     swarm_service: SwarmService | None = None
 
@@ -109,6 +112,27 @@ class Problem:
         return f"container {self.container}: {self.key}: {self.reason}"
 
 
+class CheckKind(StrEnum):
+    """What a check is; the value is also the last part of its id (`service:ID:KIND`)."""
+
+    HTTP = "http"
+    HTTPS = "https"
+    TCP = "tcp"
+    GRPC = "grpc"
+    TTL = "ttl"  # the application's own heartbeats (SERVICE_CHECK_TTL)
+    SCRIPT = "script"  # run by registrator in the container, reported to a TTL check
+    DOCKER_HEALTH = "docker-health"  # mirrors the container's Docker HEALTHCHECK
+    HEARTBEAT = "registrator-ttl"  # -ttl: registrator itself is alive
+
+    @property
+    def reported_by_agent(self) -> bool:
+        """A TTL check whose status registrator itself sends (Consul probes the others)."""
+        return self in _REPORTED_BY_AGENT
+
+
+_REPORTED_BY_AGENT = frozenset({CheckKind.SCRIPT, CheckKind.DOCKER_HEALTH, CheckKind.HEARTBEAT})
+
+
 @dataclass(frozen=True)
 class Check:
     """One Consul check definition, already in Consul's JSON field names.
@@ -118,8 +142,23 @@ class Check:
     """
 
     check_id: str
+    kind: CheckKind
     name: str
     fields: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckUpdate:
+    """A status registrator reports for one of its own checks (PUT /v1/agent/check/update).
+
+    `refresh_after`: seconds after which an unchanged status is sent again, so that a TTL
+    check does not expire (None: never resent).
+    """
+
+    check_id: str
+    status: str  # "passing" | "warning" | "critical"
+    output: str
+    refresh_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -156,8 +195,15 @@ class HeldService:
 
 @dataclass(frozen=True)
 class Plan:
+    """The writes that make Consul hold what one container (or the node) should have.
+
+    `drop_sidecars`: service id → the id of a Connect sidecar to deregister once that
+    service is registered again without one (Consul keeps an orphaned sidecar otherwise).
+    """
+
     register: tuple[Service, ...] = ()
     deregister: tuple[str, ...] = ()
+    drop_sidecars: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:

@@ -27,6 +27,7 @@ from registrator.model import (
     META_NODE,
     META_SOURCE,
     OWNER_SOURCE,
+    CheckKind,
     Container,
     ContainerPort,
     HeldService,
@@ -37,7 +38,7 @@ from registrator.model import (
     Service,
 )
 from registrator.payload import payload_hash
-from registrator.settings import DeregisterMode
+from registrator.settings import DeregisterMode, Settings
 from registrator.swarm import is_vip_key, task_service_id
 
 LABEL_SWARM_SERVICE = "com.docker.swarm.service.name"
@@ -48,20 +49,12 @@ INGRESS_NETWORK = "ingress"
 
 @dataclass(frozen=True)
 class PlanContext:
+    """Who this node is, and the options: every option the planner reads is a Settings field,
+    declared once there (settings.OPTIONS) and read here as `ctx.settings.<field>`."""
+
     node: str
-    internal: bool = False
-    explicit: bool = False
-    host_ip: str = ""  # -ip: the address for published ports, when given
     default_address: str = ""  # the node's address when nothing more specific is known
-    tags_template: str = ""
-    use_ip_from_label: str = ""
-    network: str = ""
-    ttl: int = 0
-    docker_health: bool = True
-    docker_health_initial: str = "critical"
-    # -swarm-vip: Swarm services are registered once at their virtual IP (by the leader's
-    # agent), so their task containers are not registered one by one.
-    swarm_vip: bool = False
+    settings: Settings = field(default_factory=Settings)
 
 
 @dataclass(frozen=True)
@@ -196,11 +189,11 @@ def _ingress_port(container: Container, port: ContainerPort) -> int:
 def _endpoints(
     container: Container, ctx: PlanContext, base: Metadata, problems: _Problems
 ) -> list[_Endpoint]:
-    host_address = ctx.host_ip or ctx.default_address
+    host_address = ctx.settings.ip or ctx.default_address
     ports = _ports(container)
     if container.network_mode == "host":
         return [_Endpoint(p.port, p.protocol, host_address, p.port) for p in ports]
-    if ctx.internal or is_vip_key(container.id):
+    if ctx.settings.internal or is_vip_key(container.id):
         if not ports:
             # Nothing to register here; `_synthetic_endpoint` chooses (and warns) itself.
             return []
@@ -219,7 +212,7 @@ def _endpoints(
     for port in ports:
         binding = _pick_binding(port)
         if binding is not None:
-            address = ctx.host_ip or (
+            address = ctx.settings.ip or (
                 binding.host_ip if _is_specific(binding.host_ip) else ctx.default_address
             )
             endpoints.append(_Endpoint(port.port, port.protocol, address, binding.host_port))
@@ -236,7 +229,7 @@ def _preferred_network(base: Metadata, ctx: PlanContext) -> tuple[str, str]:
     """The network asked for, and the label/env var or option that asked for it."""
     if base.get("NETWORK"):
         return base.get("NETWORK"), base.origin("NETWORK")
-    return ctx.network, "REGISTRATOR_NETWORK"
+    return ctx.settings.network, "REGISTRATOR_NETWORK"
 
 
 def _pick_binding(port: ContainerPort) -> PortBinding | None:
@@ -269,7 +262,7 @@ def _synthetic_endpoint(
         return []
     port = int(raw)
     if container.network_mode == "host":
-        address = ctx.host_ip or ctx.default_address
+        address = ctx.settings.ip or ctx.default_address
     else:
         preferred, origin = _preferred_network(base, ctx)
         network = choose_network(container, preferred, problems, origin)
@@ -281,9 +274,9 @@ def _synthetic_endpoint(
 
 
 def _address_from_label(container: Container, ctx: PlanContext, problems: _Problems) -> str:
-    if not ctx.use_ip_from_label:
+    if not ctx.settings.use_ip_from_label:
         return ""
-    raw = container.labels.get(ctx.use_ip_from_label, "").strip()
+    raw = container.labels.get(ctx.settings.use_ip_from_label, "").strip()
     if not raw:
         return ""
     # gliderlabs accepted CIDR notation here (e.g. from IPAM labels); keep the address part.
@@ -291,7 +284,9 @@ def _address_from_label(container: Container, ctx: PlanContext, problems: _Probl
     try:
         return str(ipaddress.ip_address(candidate))
     except ValueError:
-        problems.add(f"label {ctx.use_ip_from_label}", f"{raw!r} is not an IP address; ignored")
+        problems.add(
+            f"label {ctx.settings.use_ip_from_label}", f"{raw!r} is not an IP address; ignored"
+        )
         return ""
 
 
@@ -302,7 +297,7 @@ def left_to_vip(container: Container, ctx: PlanContext) -> bool:
     endpoint mode is unknown there, and registering the task too would put the task address
     next to the VIP under one name.
     """
-    if not ctx.swarm_vip or is_vip_key(container.id) or not task_service_id(container):
+    if not ctx.settings.swarm_vip or is_vip_key(container.id) or not task_service_id(container):
         return False
     service = container.swarm_service
     return service is None or service.endpoint_mode == "vip"
@@ -324,7 +319,7 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
     )
     label_address = _address_from_label(container, ctx, problems)
     default_name = default_service_name(container)
-    global_tags = parse_tags(expand_template(ctx.tags_template, container, ctx.node))
+    global_tags = parse_tags(expand_template(ctx.settings.tags, container, ctx.node))
 
     services: list[Service] = []
     seen_ids: set[str] = set()
@@ -332,7 +327,7 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
         metadata = service_metadata(container, endpoint.container_port)
         if is_true_ignore(metadata.get("IGNORE")):
             continue
-        if ctx.explicit and not metadata.get("NAME").strip():
+        if ctx.settings.explicit and not metadata.get("NAME").strip():
             continue
         service = _service(
             container,
@@ -400,9 +395,7 @@ def _service(
         service_id,
         checks_mod.Target(address, endpoint.port),
         container,
-        docker_health=ctx.docker_health,
-        docker_health_initial=ctx.docker_health_initial,
-        ttl=ctx.ttl,
+        ctx.settings,
     )
     problems.items.extend(built.problems)
     if built.script and is_vip_key(container.id):
@@ -410,10 +403,9 @@ def _service(
         problems.add(
             metadata.origin("CHECK_SCRIPT"), "a VIP registration cannot run a script; check skipped"
         )
-        script_suffix = f":{checks_mod.SCRIPT_KIND}"
         built = replace(
             built,
-            checks=tuple(c for c in built.checks if not c.check_id.endswith(script_suffix)),
+            checks=tuple(c for c in built.checks if c.kind is not CheckKind.SCRIPT),
             script="",
         )
     connect = build_connect(metadata, container)

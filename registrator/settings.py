@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,42 +53,6 @@ class ConsulEndpoint:
         if self.scheme == "unix":
             return f"unix://{self.socket_path}"
         return self.base_url
-
-
-@dataclass(frozen=True)
-class Settings:
-    consul: ConsulEndpoint = field(
-        default_factory=lambda: ConsulEndpoint("http", "127.0.0.1", 8500)
-    )
-    internal: bool = False
-    cleanup: bool = False
-    explicit: bool = False
-    ip: str = ""
-    tags: str = ""
-    resync: int = 30
-    deregister: DeregisterMode = DeregisterMode.ALWAYS
-    retry_attempts: int = -1
-    retry_interval: int = 2000
-    use_ip_from_label: str = ""
-    node: str = ""
-    network: str = ""
-    swarm_vip: bool = False
-    ttl: int = 0
-    ttl_refresh: int = 0
-    docker_health: bool = True
-    docker_health_initial: str = "critical"
-    drain: bool = False
-    deregister_on_exit: bool = False
-    http_addr: str = ""
-    docker_host: str = "unix:///var/run/docker.sock"
-    log_level: str = "info"
-    log_format: LogFormat = LogFormat.TEXT
-    consul_token: str = field(default="", repr=False)
-    consul_token_file: str = ""
-    consul_cacert: str = ""
-    consul_client_cert: str = ""
-    consul_client_key: str = ""
-    consul_ssl_verify: bool = True
 
 
 # --- value parsers: each takes the raw text and returns the typed value or raises ValueError
@@ -264,246 +228,258 @@ class Option:
     metavar: str = ""
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option(
-        "internal",
-        ("internal",),
+def option(
+    default: Any = None,
+    env: str = "",
+    parse: Callable[[str], Any] = str,
+    help: str = "",
+    *,
+    names: tuple[str, ...] = (),
+    is_bool: bool = False,
+    metavar: str = "",
+    factory: Callable[[], Any] | None = None,
+    repr: bool = True,
+) -> Any:
+    """A Settings field that is also a command-line option and an environment variable."""
+    spec = Option("", names, env, parse, help, is_bool, metavar)
+    if factory is not None:
+        return field(default_factory=factory, repr=repr, metadata={"option": spec})
+    return field(default=default, repr=repr, metadata={"option": spec})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option, declared once: its type, default, environment variable, parser, help and
+    flag spellings (default: the field name with dashes). OPTIONS below is read from here."""
+
+    internal: bool = option(
+        False,
         "REGISTRATOR_INTERNAL",
         parse_bool,
         "register the container's own IP and exposed ports instead of published host ports",
         is_bool=True,
-    ),
-    Option(
-        "cleanup",
-        ("cleanup",),
+    )
+    cleanup: bool = option(
+        False,
         "REGISTRATOR_CLEANUP",
         parse_bool,
         "accepted for gliderlabs compatibility; stale services this node owns are always "
         "removed (see README)",
         is_bool=True,
-    ),
-    Option(
-        "explicit",
-        ("explicit",),
+    )
+    explicit: bool = option(
+        False,
         "REGISTRATOR_EXPLICIT",
         parse_bool,
         "only register containers (or ports) that set SERVICE_NAME / SERVICE_<port>_NAME",
         is_bool=True,
-    ),
-    Option(
-        "ip",
-        ("ip",),
+    )
+    ip: str = option(
+        "",
         "REGISTRATOR_IP",
         _ip,
         "address to register for published ports (default: see README, Addresses)",
         metavar="IP",
-    ),
-    Option(
-        "tags",
-        ("tags",),
+    )
+    tags: str = option(
+        "",
         "REGISTRATOR_TAGS",
         validate_tags_template,
         "comma-separated tags added to every service; {{.Name}} {{.Image}} {{.Hostname}} "
         "{{.Node}} {{.Labels.KEY}} are expanded per container",
         metavar="TAGS",
-    ),
-    Option(
-        "resync",
-        ("resync",),
+    )
+    resync: int = option(
+        30,
         "REGISTRATOR_RESYNC",
         _int_at_least(0),
         "seconds between full reconciles with Docker and Consul (0 disables)",
         metavar="SECONDS",
-    ),
-    Option(
-        "deregister",
-        ("deregister",),
+    )
+    deregister: DeregisterMode = option(
+        DeregisterMode.ALWAYS,
         "REGISTRATOR_DEREGISTER",
         _enum(DeregisterMode),
         "always, or on-success: keep services of containers that exited non-zero",
         metavar="MODE",
-    ),
-    Option(
-        "retry_attempts",
-        ("retry-attempts",),
+    )
+    retry_attempts: int = option(
+        -1,
         "REGISTRATOR_RETRY_ATTEMPTS",
         _int_at_least(-1),
         "attempts to reach Docker and Consul at startup; -1 retries forever",
         metavar="N",
-    ),
-    Option(
-        "retry_interval",
-        ("retry-interval",),
+    )
+    retry_interval: int = option(
+        2000,
         "REGISTRATOR_RETRY_INTERVAL",
         _int_at_least(1),
         "milliseconds between startup attempts",
         metavar="MS",
-    ),
-    Option(
-        "use_ip_from_label",
-        ("use-ip-from-label", "useIpFromLabel"),
+    )
+    use_ip_from_label: str = option(
+        "",
         "REGISTRATOR_USE_IP_FROM_LABEL",
         _text,
         "container label whose value is the address to register",
+        names=(
+            "use-ip-from-label",
+            "useIpFromLabel",
+        ),
         metavar="LABEL",
-    ),
-    Option(
-        "node",
-        ("node",),
+    )
+    node: str = option(
+        "",
         "REGISTRATOR_NODE",
         _text,
         "node name used in service ids and ownership (default: Docker host name)",
         metavar="NAME",
-    ),
-    Option(
-        "network",
-        ("network",),
+    )
+    network: str = option(
+        "",
         "REGISTRATOR_NETWORK",
         _text,
         "with -internal, the Docker network whose address is registered",
         metavar="NAME",
-    ),
-    Option(
-        "swarm_vip",
-        ("swarm-vip",),
+    )
+    swarm_vip: bool = option(
+        False,
         "REGISTRATOR_SWARM_VIP",
         parse_bool,
         "register each Swarm service once, at its virtual IP, instead of its tasks (written "
         "by the agent on the Swarm leader; see README)",
         is_bool=True,
-    ),
-    Option(
-        "ttl",
-        ("ttl",),
+    )
+    ttl: int = option(
+        0,
         "REGISTRATOR_TTL",
         _int_at_least(0),
         "add a TTL check of this many seconds to every service, kept passing by the agent "
         "(0: none)",
         metavar="SECONDS",
-    ),
-    Option(
-        "ttl_refresh",
-        ("ttl-refresh",),
+    )
+    ttl_refresh: int = option(
+        0,
         "REGISTRATOR_TTL_REFRESH",
         _int_at_least(0),
         "seconds between TTL heartbeats (must be below -ttl)",
         metavar="SECONDS",
-    ),
-    Option(
-        "docker_health",
-        ("docker-health",),
+    )
+    docker_health: bool = option(
+        True,
         "REGISTRATOR_DOCKER_HEALTH",
         parse_bool,
         "mirror each container's Docker HEALTHCHECK into a Consul check",
         is_bool=True,
-    ),
-    Option(
-        "docker_health_initial",
-        ("docker-health-initial",),
+    )
+    docker_health_initial: str = option(
+        "critical",
         "REGISTRATOR_DOCKER_HEALTH_INITIAL",
         _check_status,
         "Consul status of a mirrored HEALTHCHECK while Docker says 'starting'",
         metavar="STATUS",
-    ),
-    Option(
-        "drain",
-        ("drain",),
+    )
+    drain: bool = option(
+        False,
         "REGISTRATOR_DRAIN",
         parse_bool,
         "on a stop/kill event, put the container's services in maintenance before it dies",
         is_bool=True,
-    ),
-    Option(
-        "deregister_on_exit",
-        ("deregister-on-exit",),
+    )
+    deregister_on_exit: bool = option(
+        False,
         "REGISTRATOR_DEREGISTER_ON_EXIT",
         parse_bool,
         "on SIGTERM, deregister every service this node owns before exiting",
         is_bool=True,
-    ),
-    Option(
-        "http_addr",
-        ("http-addr",),
+    )
+    http_addr: str = option(
+        "",
         "REGISTRATOR_HTTP_ADDR",
         _listen_address,
         "serve /health and /metrics on HOST:PORT or :PORT (empty: off)",
         metavar="ADDR",
-    ),
-    Option(
-        "log_level",
-        ("log-level",),
+    )
+    log_level: str = option(
+        "info",
         "REGISTRATOR_LOG_LEVEL",
         _log_level,
         "debug, info, warning or error",
         metavar="LEVEL",
-    ),
-    Option(
-        "log_format",
-        ("log-format",),
+    )
+    log_format: LogFormat = option(
+        LogFormat.TEXT,
         "REGISTRATOR_LOG_FORMAT",
         _enum(LogFormat),
         "text or json",
         metavar="FORMAT",
-    ),
-    Option(
-        "docker_host",
-        ("docker-host",),
+    )
+    docker_host: str = option(
+        "unix:///var/run/docker.sock",
         "DOCKER_HOST",
         _docker_host,
         "Docker API endpoint",
         metavar="URL",
-    ),
-    Option(
-        "consul",
-        ("consul",),
-        "REGISTRATOR_CONSUL",
-        parse_consul_uri,
-        "Consul agent URI, same as the positional argument",
+    )
+    consul: ConsulEndpoint = option(
+        env="REGISTRATOR_CONSUL",
+        parse=parse_consul_uri,
+        help="Consul agent URI, same as the positional argument",
+        factory=lambda: ConsulEndpoint("http", "127.0.0.1", 8500),
         metavar="URI",
-    ),
-    Option(
-        "consul_token", ("consul-token",), "CONSUL_HTTP_TOKEN", _text, "ACL token", metavar="TOKEN"
-    ),
-    Option(
-        "consul_token_file",
-        ("consul-token-file",),
+    )
+    consul_token: str = option(
+        "",
+        "CONSUL_HTTP_TOKEN",
+        _text,
+        "ACL token",
+        repr=False,
+        metavar="TOKEN",
+    )
+    consul_token_file: str = option(
+        "",
         "CONSUL_HTTP_TOKEN_FILE",
         _text,
         "file holding the ACL token",
         metavar="PATH",
-    ),
-    Option(
-        "consul_cacert",
-        ("consul-cacert",),
+    )
+    consul_cacert: str = option(
+        "",
         "CONSUL_CACERT",
         _text,
         "CA bundle to verify Consul's certificate",
         metavar="PATH",
-    ),
-    Option(
-        "consul_client_cert",
-        ("consul-client-cert",),
+    )
+    consul_client_cert: str = option(
+        "",
         "CONSUL_CLIENT_CERT",
         _text,
         "client certificate for Consul",
         metavar="PATH",
-    ),
-    Option(
-        "consul_client_key",
-        ("consul-client-key",),
+    )
+    consul_client_key: str = option(
+        "",
         "CONSUL_CLIENT_KEY",
         _text,
         "client key for Consul",
         metavar="PATH",
-    ),
-    Option(
-        "consul_ssl_verify",
-        ("consul-ssl-verify",),
+    )
+    consul_ssl_verify: bool = option(
+        True,
         "CONSUL_HTTP_SSL_VERIFY",
         parse_bool,
         "verify Consul's TLS certificate",
         is_bool=True,
-    ),
+    )
+
+
+OPTIONS: tuple[Option, ...] = tuple(
+    replace(
+        f.metadata["option"],
+        field=f.name,
+        names=f.metadata["option"].names or (f.name.replace("_", "-"),),
+    )
+    for f in fields(Settings)
 )
 
 _BY_NAME: dict[str, Option] = {name: opt for opt in OPTIONS for name in opt.names}

@@ -21,7 +21,7 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from registrator.docker import CONTAINER_EVENTS
+from registrator.events import CONTAINER_EVENTS
 from registrator.model import META_CONTAINER, META_NODE, META_SOURCE
 from tests.helpers import (
     HTTPD_COMMAND,

@@ -17,6 +17,7 @@ from registrator.containers import parse_container
 from registrator.labels import Metadata, service_metadata
 from registrator.model import Container, ContainerPort, NetworkAttachment, PortBinding
 from registrator.planner import PlanContext
+from registrator.settings import Settings
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 INSPECT_DIR = FIXTURES / "inspect"
@@ -84,7 +85,8 @@ def make_metadata(
     return service_metadata(container, port)
 
 
-def make_context(**overrides: Any) -> PlanContext:
-    fields: dict[str, Any] = {"node": NODE, "default_address": "10.0.0.9"}
-    fields.update(overrides)
-    return PlanContext(**fields)
+def make_context(
+    node: str = NODE, default_address: str = "10.0.0.9", **options: Any
+) -> PlanContext:
+    """A PlanContext; `options` are Settings fields (internal=True, tags="...", ...)."""
+    return PlanContext(node, default_address, Settings(**options))

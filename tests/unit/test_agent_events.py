@@ -6,14 +6,12 @@ from typing import Any
 
 import pytest
 
-from registrator.agent import (
-    StartupError,
+from registrator.agent import StartupError, plan_context, swarm_notes
+from registrator.events import (
     event_container_id,
     event_service_id,
     is_stop_signal,
-    plan_context,
     since_from_time_nano,
-    swarm_notes,
 )
 from registrator.settings import parse_args
 from registrator.swarm import manager_node_id

@@ -6,6 +6,7 @@ import pytest
 
 from registrator.checks import ChecksResult, Target, build_checks, check_id, is_duration
 from registrator.labels import service_metadata
+from registrator.settings import Settings
 from tests.unit.builders import make_container
 
 SERVICE_ID = "node1:web-1:80"
@@ -29,9 +30,7 @@ def build(
         SERVICE_ID,
         target,
         container,
-        docker_health=docker_health,
-        docker_health_initial=initial,
-        ttl=ttl,
+        Settings(docker_health=docker_health, docker_health_initial=initial, ttl=ttl),
     )
 
 

@@ -190,6 +190,17 @@ def test_state(name: str, running: bool, paused: bool, exit_code: int, health: s
     assert container.health == health
 
 
+@pytest.mark.parametrize(
+    ("name", "finished_at"),
+    [
+        pytest.param("exited-nonzero", "2026-11-28T03:58:44Z", id="exited: to the second"),
+        pytest.param("bridge-published", "", id="never stopped: Docker's zero time"),
+    ],
+)
+def test_finished_at(name: str, finished_at: str) -> None:
+    assert parsed(name).finished_at == finished_at
+
+
 def test_health_output_is_the_last_log_entry() -> None:
     document = inspect_document("healthcheck")
     document["State"]["Health"]["Log"].append({"ExitCode": 1, "Output": "db unreachable\n"})

@@ -20,6 +20,7 @@ from registrator.model import (
     META_NODE,
     META_SOURCE,
     Check,
+    CheckKind,
     HeldService,
     Service,
 )
@@ -108,7 +109,14 @@ def make_service(**overrides: Any) -> Service:
         "meta": {"version": "1", "team": "x", META_SOURCE: "registrator"},
         "container_id": "c" * 64,
         "container_name": "web-1",
-        "checks": (Check("service:node1:web-1:80:tcp", "TCP", {"TCP": "h:1", "Interval": "10s"}),),
+        "checks": (
+            Check(
+                "service:node1:web-1:80:tcp",
+                CheckKind.TCP,
+                "TCP",
+                {"TCP": "h:1", "Interval": "10s"},
+            ),
+        ),
     }
     fields.update(overrides)
     return Service(**fields)
@@ -118,7 +126,14 @@ def test_payload_hash_ignores_mapping_order() -> None:
     service = make_service()
     shuffled = make_service(
         meta=dict(reversed(list(service.meta.items()))),
-        checks=(Check("service:node1:web-1:80:tcp", "TCP", {"Interval": "10s", "TCP": "h:1"}),),
+        checks=(
+            Check(
+                "service:node1:web-1:80:tcp",
+                CheckKind.TCP,
+                "TCP",
+                {"Interval": "10s", "TCP": "h:1"},
+            ),
+        ),
     )
     assert payload_hash(shuffled) == payload_hash(service)
     assert registration(shuffled) == registration(service)
@@ -140,7 +155,12 @@ def test_payload_hash_ignores_mapping_order() -> None:
         pytest.param(
             {
                 "checks": (
-                    Check("service:node1:web-1:80:tcp", "TCP", {"TCP": "h:1", "Interval": "5s"}),
+                    Check(
+                        "service:node1:web-1:80:tcp",
+                        CheckKind.TCP,
+                        "TCP",
+                        {"TCP": "h:1", "Interval": "5s"},
+                    ),
                 )
             },
             id="check field",
@@ -148,7 +168,12 @@ def test_payload_hash_ignores_mapping_order() -> None:
         pytest.param(
             {
                 "checks": (
-                    Check("service:node1:web-1:80:tcp", "tcp", {"TCP": "h:1", "Interval": "10s"}),
+                    Check(
+                        "service:node1:web-1:80:tcp",
+                        CheckKind.TCP,
+                        "tcp",
+                        {"TCP": "h:1", "Interval": "10s"},
+                    ),
                 )
             },
             id="check name",

@@ -70,7 +70,7 @@ def sid(name: str, port: str) -> str:
         ),
         pytest.param(
             "bridge-published",
-            {"host_ip": "1.2.3.4"},
+            {"ip": "1.2.3.4"},
             [(sid("bridge-published", "80"), "web", "1.2.3.4", 8080)],
             id="-ip",
         ),
@@ -82,7 +82,7 @@ def sid(name: str, port: str) -> str:
         ),
         pytest.param(
             "bridge-published-specific-ip",
-            {"host_ip": "1.2.3.4"},
+            {"ip": "1.2.3.4"},
             [(sid("bridge-published-specific-ip", "80"), "busybox", "1.2.3.4", 8081)],
             id="-ip beats the binding IP",
         ),
@@ -96,7 +96,7 @@ def sid(name: str, port: str) -> str:
         ),
         pytest.param(
             "host-network",
-            {"host_ip": "1.2.3.4", "internal": True},
+            {"ip": "1.2.3.4", "internal": True},
             [(sid("host-network", "8500"), "busybox", "1.2.3.4", 8500)],
             id="host network with -ip, even -internal",
         ),
@@ -168,7 +168,7 @@ def test_service_fields_from_labels_and_env() -> None:
 
 
 def test_tags_template_is_appended_per_container() -> None:
-    _, result = plan("bridge-published", tags_template="{{.Node}},prod,{{.Labels.SERVICE_NAME}}")
+    _, result = plan("bridge-published", tags="{{.Node}},prod,{{.Labels.SERVICE_NAME}}")
     (service,) = result.services
     assert service.tags == ("prod", "blue", NODE, "web")
 
@@ -509,7 +509,7 @@ def test_no_address_skips_the_service() -> None:
 
 
 def test_planning_is_repeatable() -> None:
-    context = make_context(internal=True, ttl=10, tags_template="{{.Name}}")
+    context = make_context(internal=True, ttl=10, tags="{{.Name}}")
     container = fixture_container("multi-port", labels={"SERVICE_CHECK_TCP": "true"})
     assert desired_services(container, context) == desired_services(container, context)
 
@@ -611,6 +611,6 @@ def test_plan_changes_deregisters_in_sorted_order() -> None:
 
 
 def test_plan_context_defaults_are_gliderlabs_defaults() -> None:
-    context = PlanContext(node="n")
-    assert (context.internal, context.explicit, context.ttl) == (False, False, 0)
-    assert context.docker_health and context.docker_health_initial == "critical"
+    options = PlanContext(node="n").settings
+    assert (options.internal, options.explicit, options.ttl) == (False, False, 0)
+    assert options.docker_health and options.docker_health_initial == "critical"

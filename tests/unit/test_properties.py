@@ -37,6 +37,7 @@ from registrator.model import (
 )
 from registrator.payload import registration
 from registrator.planner import PlanContext, desired_services
+from registrator.settings import Settings
 
 # Every key the planner reads, plus a few Meta-like ones.
 KNOWN_KEYS = (
@@ -175,16 +176,19 @@ def containers(draw: st.DrawFn) -> Container:
 contexts = st.builds(
     PlanContext,
     node=st.just(NODE),
-    internal=st.booleans(),
-    explicit=st.booleans(),
-    host_ip=st.sampled_from(["", "192.0.2.7"]),
     default_address=st.just("192.0.2.1"),
-    tags_template=st.sampled_from(["", "{{.Name}},x", '{{index .Labels "SERVICE_TAGS"}}']),
-    use_ip_from_label=st.sampled_from(["", IP_LABEL]),
-    network=st.sampled_from(["", "backend", "missing"]),
-    ttl=st.sampled_from([0, 15]),
-    docker_health=st.booleans(),
-    docker_health_initial=st.sampled_from(["critical", "passing"]),
+    settings=st.builds(
+        Settings,
+        internal=st.booleans(),
+        explicit=st.booleans(),
+        ip=st.sampled_from(["", "192.0.2.7"]),
+        tags=st.sampled_from(["", "{{.Name}},x", '{{index .Labels "SERVICE_TAGS"}}']),
+        use_ip_from_label=st.sampled_from(["", IP_LABEL]),
+        network=st.sampled_from(["", "backend", "missing"]),
+        ttl=st.sampled_from([0, 15]),
+        docker_health=st.booleans(),
+        docker_health_initial=st.sampled_from(["critical", "passing"]),
+    ),
 )
 
 # Consul's rules for service Meta (agent/structs: ValidateServiceMetadata). Lengths are Go
@@ -369,7 +373,7 @@ def test_regressions() -> None:
         )
         for ctx in (
             PlanContext(node=NODE, default_address="192.0.2.1"),
-            PlanContext(node=NODE, default_address="192.0.2.1", internal=True),
+            PlanContext(node=NODE, default_address="192.0.2.1", settings=Settings(internal=True)),
         ):
             result = desired_services(container, ctx)
             assert len(result.services) == 1, name

@@ -142,7 +142,7 @@ def registered(container: Container, **context: Any) -> list[tuple[str, str, int
         ),
         pytest.param(
             task(),
-            {"host_ip": "192.0.2.7"},
+            {"ip": "192.0.2.7"},
             [("exping", "192.0.2.7", 18081, [])],
             id="ingress: -ip wins",
         ),

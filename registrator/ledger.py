@@ -1,0 +1,50 @@
+"""What this node holds in Consul, as far as the agent knows: rebuilt from Consul's own list at
+every full reconcile, kept up to date by every write in between.
+"""
+
+from __future__ import annotations
+
+from registrator.model import HeldService, Service
+from registrator.plan import Holdings
+
+
+class Ledger:
+    def __init__(self) -> None:
+        # container id (or VIP key) → service id → what Consul holds for it.
+        self.held: dict[str, dict[str, HeldService]] = {}
+        # service id → the Service we registered, for check updates and script runners.
+        self.registered: dict[str, Service] = {}
+        # service id → (payload hash, Consul's reason) of registrations Consul refused.
+        self.rejections: dict[str, tuple[str, str]] = {}
+        # Containers written for since the current full reconcile listed Consul's services.
+        self.applied_since_listing: set[str] = set()
+        # container id → contested ids it waits for; containers kept while stopped.
+        self.waiting: dict[str, tuple[str, ...]] = {}
+        self.stopped: set[str] = set()
+
+    def holdings(self) -> Holdings:
+        """A read-only view for the planner (not a copy: the planner runs synchronously)."""
+        return Holdings(self.held, self.registered, self.waiting, self.stopped)
+
+    def note(self, key: str, contested: tuple[str, ...], kept: bool) -> None:
+        """Remember what a reconcile found: the ids `key` waits for, and whether it is kept."""
+        if contested:
+            self.waiting[key] = contested
+        else:
+            self.waiting.pop(key, None)
+        if kept:
+            self.stopped.add(key)
+        else:
+            self.stopped.discard(key)
+
+    def owned_service_ids(self) -> list[str]:
+        return sorted(sid for held in self.held.values() for sid in held)
+
+    def drop_empty(self, present: set[str]) -> None:
+        """After a full reconcile: forget containers that hold nothing, and the waiting and
+        stopped notes of containers that no longer exist (`present`: every key reconciled)."""
+        for key in [key for key, held in self.held.items() if not held]:
+            self.held.pop(key, None)
+        for key in [key for key in self.waiting if key not in present]:
+            self.waiting.pop(key, None)
+        self.stopped &= present

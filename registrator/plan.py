@@ -1,0 +1,255 @@
+"""Pure: every decision the reconciler applies, as data.
+
+`plan_container` is the one entry for a container (or a Swarm service at its VIP): from what
+Docker says of it, what this node holds in Consul and the PlanContext, it returns the whole
+Outcome: what to register and deregister, which contested ids it must wait for, what a failed
+container keeps, which Connect sidecar to remove, and the statuses registrator reports for its
+own checks. The node-level decisions (maintenance on a stop signal, clean-up at exit, the
+-ttl heartbeat) are the small functions after it. The shell reads, calls these, and writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, replace
+
+from registrator import checks as checks_mod
+from registrator.connect import sidecar_id
+from registrator.model import (
+    Check,
+    CheckKind,
+    CheckUpdate,
+    Container,
+    HeldService,
+    Plan,
+    Service,
+)
+from registrator.planner import PlanContext, desired_services, keeps_registrations, plan_changes
+
+_HEALTH_TO_CONSUL = {"healthy": "passing", "unhealthy": "critical"}
+_SCRIPT_EXIT_TO_CONSUL = {0: "passing", 1: "warning"}  # Consul's own rule for script checks
+
+
+@dataclass(frozen=True)
+class Holdings:
+    """What this node's agent holds in Consul, as far as it knows (read-only views).
+
+    held: container id (or VIP key) → service id → what Consul holds for it.
+    registered: service id → the Service last registered under it (checks, sidecar, script).
+    waiting: container id → the contested ids it waits for (see Outcome.contested).
+    stopped: containers whose services are kept while they do not run (Outcome.kept).
+    """
+
+    held: Mapping[str, Mapping[str, HeldService]]
+    registered: Mapping[str, Service]
+    waiting: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    stopped: AbstractSet[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything one reconcile of one container should do.
+
+    services: the desired services; once Consul holds them, they are what was registered.
+    problems: lines to log (once per change); None when the container is gone.
+    contested: ids this container wants that another container holds; it waits for them.
+    check_updates: statuses registrator reports for the checks it runs itself.
+    kept: a failed container keeps its services as they are (-deregister on-success); the
+        checks registrator controls are then critical, and it runs none of them (no script,
+        no heartbeat, no health mirror) until the container runs again.
+    hand_over: containers waiting for an id this plan releases; reconcile them right after.
+    """
+
+    plan: Plan
+    services: tuple[Service, ...] = ()
+    problems: tuple[str, ...] | None = None
+    contested: tuple[str, ...] = ()
+    check_updates: tuple[CheckUpdate, ...] = ()
+    kept: bool = False
+    hand_over: tuple[str, ...] = ()
+
+
+def plan_container(
+    key: str, container: Container | None, holdings: Holdings, ctx: PlanContext
+) -> Outcome:
+    """The Outcome for container `key` (None: no such container, or not ours to write)."""
+    held = holdings.held.get(key, {})
+    if container is None:
+        plan = plan_changes((), held)
+        return Outcome(plan, hand_over=contenders(plan, key, holdings))
+    if keeps_registrations(container, ctx.settings.deregister):
+        return Outcome(
+            Plan(), check_updates=stopped_checks(container, held, holdings, ctx), kept=True
+        )
+    result = desired_services(container, ctx)
+    services, contested, taken = without_contested_ids(key, result.services, holdings)
+    plan = plan_changes(services, held)
+    drops = {
+        service.id: sidecar_id(service.id)
+        for service in plan.register
+        if orphans_sidecar(holdings.registered.get(service.id), service)
+    }
+    if drops:
+        plan = Plan(plan.register, plan.deregister, drops)
+    return Outcome(
+        plan,
+        services,
+        tuple(str(problem) for problem in result.problems) + taken,
+        contested,
+        mirror_health(container, services),
+        hand_over=contenders(plan, key, holdings),
+    )
+
+
+def contenders(plan: Plan, key: str, holdings: Holdings) -> tuple[str, ...]:
+    """The containers waiting for an id `plan` deregisters: the id is theirs at once, not at
+    the next resync (a blue/green deploy must not lose its service in between)."""
+    released = set(plan.deregister)
+    if not released:
+        return ()
+    return tuple(
+        sorted(
+            other
+            for other, ids in holdings.waiting.items()
+            if other != key and released.intersection(ids)
+        )
+    )
+
+
+def stopped_checks(
+    container: Container, held: Mapping[str, HeldService], holdings: Holdings, ctx: PlanContext
+) -> tuple[CheckUpdate, ...]:
+    """A kept service of a container that exited: every check registrator controls is
+    critical, saying why (Consul probes the others, which fail by themselves)."""
+    reason = f"container exited with code {container.exit_code}"
+    if container.finished_at:
+        reason += f" at {container.finished_at}"
+    services = [holdings.registered[sid] for sid in held if sid in holdings.registered]
+    if len(services) < len(held):
+        # Not registered by this run of the agent (it restarted since): the checks the
+        # container would have if it ran. Labels do not change while it is stopped, but a
+        # stopped container has no published ports, so this finds fewer than it had.
+        as_running = desired_services(replace(container, running=True), ctx).services
+        services += [s for s in as_running if s.id in held and s.id not in holdings.registered]
+    return tuple(
+        CheckUpdate(check.check_id, "critical", reason)
+        for service in services
+        for check in service.checks
+        if check.kind.reported_by_agent
+    )
+
+
+def without_contested_ids(
+    key: str, services: tuple[Service, ...], holdings: Holdings
+) -> tuple[tuple[Service, ...], tuple[str, ...], tuple[str, ...]]:
+    """Drop services whose id another container already holds (the holder keeps it).
+
+    Two containers with the same SERVICE_ID would otherwise take the registration from
+    each other on every reconcile. Returns (kept services, contested ids, problems).
+    """
+    kept: list[Service] = []
+    contested: list[str] = []
+    problems: list[str] = []
+    own = holdings.held.get(key, {})
+    for service in services:
+        if service.id in own:
+            # Already ours (the steady state): no other container can hold it, so the scan
+            # over every container below is needed only for ids new to this one.
+            kept.append(service)
+            continue
+        holder = next(
+            (other for other, held in holdings.held.items() if other != key and service.id in held),
+            None,
+        )
+        if holder is None:
+            kept.append(service)
+            continue
+        contested.append(service.id)
+        registered = holdings.registered.get(service.id)
+        problems.append(
+            f"container {service.container_name}: service id {service.id!r}: already "
+            f"registered for container "
+            f"{registered.container_name if registered else holder[:12]}; skipped"
+        )
+    return tuple(kept), tuple(contested), tuple(problems)
+
+
+def orphans_sidecar(old: Service | None, new: Service) -> bool:
+    """Re-registering `new` without the sidecar `old` had: Consul would keep the sidecar."""
+    had = old is not None and bool(old.connect) and "SidecarService" in (old.connect or {})
+    return had and not (new.connect and "SidecarService" in new.connect)
+
+
+def refresh_after(check: Check) -> float | None:
+    """Resend an unchanged result to a TTL check after a third of its TTL."""
+    ttl = checks_mod.duration_seconds(str(check.fields.get("TTL", "")))
+    return ttl / 3 if ttl > 0 else None
+
+
+def mirror_health(container: Container, services: Iterable[Service]) -> tuple[CheckUpdate, ...]:
+    """The Docker HEALTHCHECK status for each docker-health check (none while "starting":
+    the check keeps the initial status it was registered with)."""
+    status = _HEALTH_TO_CONSUL.get(container.health or "")
+    if status is None:
+        return ()
+    output = container.health_output or f"Docker reports {container.health}"
+    return tuple(
+        CheckUpdate(check.check_id, status, output, refresh_after(check))
+        for service in services
+        for check in service.checks
+        if check.kind is CheckKind.DOCKER_HEALTH
+    )
+
+
+def script_check(service: Service) -> Check | None:
+    """The TTL check a service's script results are reported to, if it has a script."""
+    if not service.script:
+        return None
+    return next((c for c in service.checks if c.kind is CheckKind.SCRIPT), None)
+
+
+def script_update(check: Check, exit_code: int | None, output: str) -> CheckUpdate:
+    """A script run's result (exit_code None: it could not be run; `output` says why)."""
+    status = "critical" if exit_code is None else _SCRIPT_EXIT_TO_CONSUL.get(exit_code, "critical")
+    return CheckUpdate(check.check_id, status, output, refresh_after(check))
+
+
+def heartbeat_updates(
+    registered: Iterable[Service], stopped: AbstractSet[str] = frozenset()
+) -> tuple[CheckUpdate, ...]:
+    """-ttl: every registrator heartbeat check passing, sent every time (refresh_after 0),
+    except those of containers in `stopped` (kept, not running: never passing)."""
+    return tuple(
+        CheckUpdate(check.check_id, "passing", "registrator is running", 0.0)
+        for service in registered
+        if service.container_id not in stopped
+        for check in service.checks
+        if check.kind is CheckKind.HEARTBEAT
+    )
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """Maintenance mode to set on services (PUT /v1/agent/service/maintenance/:id)."""
+
+    service_ids: tuple[str, ...]
+    enable: bool
+    reason: str = ""
+
+
+def plan_drain(held: Iterable[str]) -> Maintenance:
+    """-drain, on a stop signal: the container is about to stop serving."""
+    return Maintenance(tuple(sorted(held)), True, "registrator: container is stopping")
+
+
+def plan_undrain(container: Container | None, held: Iterable[str]) -> Maintenance | None:
+    """After the drain delay: a container that survived its stop signal serves again."""
+    if container is None or not container.running:
+        return None
+    return Maintenance(tuple(sorted(held)), False)
+
+
+def plan_shutdown(held: Mapping[str, Mapping[str, HeldService]]) -> dict[str, Plan]:
+    """-deregister-on-exit: every service this node owns, per container."""
+    return {key: Plan(deregister=tuple(sorted(services))) for key, services in held.items()}

@@ -1,0 +1,355 @@
+"""plan.py: every decision the reconciler applies, from tables (no Docker, no Consul)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from registrator.connect import sidecar_id
+from registrator.model import CheckKind, CheckUpdate, Container, HeldService, Service
+from registrator.payload import held_from_service
+from registrator.plan import (
+    Holdings,
+    Maintenance,
+    heartbeat_updates,
+    mirror_health,
+    orphans_sidecar,
+    plan_container,
+    plan_drain,
+    plan_shutdown,
+    plan_undrain,
+    script_check,
+    script_update,
+)
+from registrator.planner import desired_services
+from registrator.settings import DeregisterMode
+from tests.unit.builders import CONTAINER_ID, make_container, make_context
+
+OTHER_ID = "f" * 64
+
+
+def services_of(container: Container, **options: object) -> tuple[Service, ...]:
+    return desired_services(container, make_context(**options)).services
+
+
+def holding(*services: Service, key: str | None = None) -> dict[str, dict[str, HeldService]]:
+    held: dict[str, dict[str, HeldService]] = {}
+    for service in services:
+        held.setdefault(key or service.container_id, {})[service.id] = held_from_service(service)
+    return held
+
+
+def holdings(held: Mapping[str, Mapping[str, HeldService]], *registered: Service) -> Holdings:
+    return Holdings(held, {service.id: service for service in registered})
+
+
+# --- contested ids ----------------------------------------------------------------------------
+
+SHARED = {"SERVICE_ID": "shared"}
+
+
+@pytest.mark.parametrize(
+    ("holder", "registered_name", "kept", "problem"),
+    [
+        pytest.param(None, None, True, "", id="nobody holds it: registered"),
+        pytest.param(CONTAINER_ID, None, True, "", id="this container holds it: kept"),
+        pytest.param(
+            OTHER_ID,
+            "web-2",
+            False,
+            "already registered for container web-2; skipped",
+            id="another container holds it: waits, named by its container",
+        ),
+        pytest.param(
+            OTHER_ID,
+            None,
+            False,
+            f"already registered for container {OTHER_ID[:12]}; skipped",
+            id="holder not registered by this agent run: named by its id",
+        ),
+    ],
+)
+def test_contested_id(
+    holder: str | None, registered_name: str | None, kept: bool, problem: str
+) -> None:
+    container = make_container(labels=SHARED)
+    held: dict[str, dict[str, HeldService]] = {}
+    registered: list[Service] = []
+    if holder is not None:
+        held = {holder: {"shared": HeldService("shared", holder, "h")}}
+    if registered_name is not None:
+        other = make_container(id=OTHER_ID, name=registered_name, labels=SHARED)
+        registered = list(services_of(other))
+    outcome = plan_container(CONTAINER_ID, container, holdings(held, *registered), make_context())
+    assert [s.id for s in outcome.services] == (["shared"] if kept else [])
+    assert outcome.contested == (() if kept else ("shared",))
+    # Held with another hash ("h") by this container: written again, so registered iff kept.
+    assert [s.id for s in outcome.plan.register] == (["shared"] if kept else [])
+    messages = [p for p in outcome.problems or () if "already registered" in p]
+    assert messages == ([] if kept else [f"container web-1: service id 'shared': {problem}"])
+
+
+# --- a container that stopped -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "exit_code", "kept"),
+    [
+        pytest.param(DeregisterMode.ALWAYS, 1, False, id="always: exit 1 deregisters"),
+        pytest.param(DeregisterMode.ON_SUCCESS, 0, False, id="on-success: exit 0 deregisters"),
+        pytest.param(DeregisterMode.ON_SUCCESS, 1, True, id="on-success: exit 1 keeps"),
+        pytest.param(DeregisterMode.ON_SUCCESS, 137, False, id="on-success: SIGKILL deregisters"),
+    ],
+)
+def test_stopped_container(mode: DeregisterMode, exit_code: int, kept: bool) -> None:
+    running = make_container()
+    (service,) = services_of(running)
+    stopped = make_container(running=False, exit_code=exit_code)
+    outcome = plan_container(
+        CONTAINER_ID, stopped, holdings(holding(service), service), make_context(deregister=mode)
+    )
+    assert outcome.kept is kept
+    assert outcome.plan.register == ()
+    assert outcome.plan.deregister == (() if kept else (service.id,))
+
+
+def test_gone_container_deregisters_everything_and_forgets_its_problems() -> None:
+    (service,) = services_of(make_container())
+    outcome = plan_container(CONTAINER_ID, None, holdings(holding(service)), make_context())
+    assert outcome.plan.deregister == (service.id,)
+    assert (outcome.problems, outcome.kept, outcome.services) == (None, False, ())
+
+
+def test_unchanged_container_plans_nothing() -> None:
+    container = make_container()
+    (service,) = services_of(container)
+    outcome = plan_container(
+        CONTAINER_ID, container, holdings(holding(service), service), make_context()
+    )
+    assert outcome.plan.empty and outcome.services == (service,)
+
+
+# --- Connect sidecars -------------------------------------------------------------------------
+
+SIDECAR = {"SERVICE_CONNECT": "sidecar"}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "drops"),
+    [
+        pytest.param(SIDECAR, {}, True, id="sidecar removed from labels: dropped"),
+        pytest.param(SIDECAR, {**SIDECAR, "SERVICE_TAGS": "x"}, False, id="sidecar kept"),
+        pytest.param(SIDECAR, {"SERVICE_CONNECT": "native"}, True, id="sidecar to native"),
+        pytest.param({}, SIDECAR, False, id="sidecar added"),
+        pytest.param(None, {}, False, id="first registration"),
+    ],
+)
+def test_orphaned_sidecar(
+    before: dict[str, str] | None, after: dict[str, str], drops: bool
+) -> None:
+    (new,) = services_of(make_container(labels=after))
+    old = services_of(make_container(labels=before))[0] if before is not None else None
+    assert orphans_sidecar(old, new) is drops
+    held = holding(old) if old is not None else {}
+    registered = (old,) if old is not None else ()
+    outcome = plan_container(
+        CONTAINER_ID, make_container(labels=after), holdings(held, *registered), make_context()
+    )
+    assert dict(outcome.plan.drop_sidecars) == ({new.id: sidecar_id(new.id)} if drops else {})
+
+
+# --- statuses registrator reports -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("health", "output", "expected"),
+    [
+        pytest.param("healthy", "ok\n", ("passing", "ok\n"), id="healthy"),
+        pytest.param("unhealthy", "", ("critical", "Docker reports unhealthy"), id="unhealthy"),
+        pytest.param("starting", "", None, id="starting: initial status stays"),
+        pytest.param(None, "", None, id="no HEALTHCHECK"),
+    ],
+)
+def test_docker_health_mirror(
+    health: str | None, output: str, expected: tuple[str, str] | None
+) -> None:
+    container = make_container(health=health, health_output=output)
+    services = services_of(make_container(health="starting"))
+    updates = mirror_health(container, services)
+    if expected is None:
+        assert updates == ()
+        return
+    (update,) = updates
+    assert (update.status, update.output) == expected
+    check = next(c for c in services[0].checks if c.kind is CheckKind.DOCKER_HEALTH)
+    assert update.check_id == check.check_id
+    assert update.refresh_after == pytest.approx(24 * 3600 / 3)
+    # plan_container reports the same statuses for the services it plans.
+    assert plan_container(CONTAINER_ID, container, holdings({}), make_context()).check_updates == (
+        update,
+    )
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "status"),
+    [
+        pytest.param(0, "passing", id="exit 0"),
+        pytest.param(1, "warning", id="exit 1"),
+        pytest.param(2, "critical", id="exit 2"),
+        pytest.param(None, "critical", id="could not run"),
+    ],
+)
+def test_script_result(exit_code: int | None, status: str) -> None:
+    (service,) = services_of(
+        make_container(labels={"SERVICE_CHECK_SCRIPT": "true", "SERVICE_CHECK_INTERVAL": "3s"})
+    )
+    check = script_check(service)
+    assert check is not None and check.kind is CheckKind.SCRIPT
+    update = script_update(check, exit_code, "out")
+    assert (update.check_id, update.status, update.output) == (check.check_id, status, "out")
+    assert update.refresh_after == pytest.approx(10.0)  # a third of the 30 s minimum TTL
+
+
+def test_no_script_no_script_check() -> None:
+    (service,) = services_of(make_container())
+    assert script_check(service) is None
+
+
+def test_heartbeats_only_for_registrator_heartbeat_checks() -> None:
+    labels = {"SERVICE_CHECK_TTL": "30s", "SERVICE_CHECK_TCP": "true"}
+    (service,) = services_of(make_container(labels=labels), ttl=20)
+    (update,) = heartbeat_updates([service])
+    check = next(c for c in service.checks if c.kind is CheckKind.HEARTBEAT)
+    assert update == CheckUpdate(check.check_id, "passing", "registrator is running", 0.0)
+    (plain,) = services_of(make_container(labels=labels))
+    assert heartbeat_updates([plain]) == ()
+
+
+# --- maintenance and shutdown -----------------------------------------------------------------
+
+
+def test_drain_puts_every_held_service_in_maintenance() -> None:
+    assert plan_drain({"b": 1, "a": 2}) == Maintenance(
+        ("a", "b"), True, "registrator: container is stopping"
+    )
+
+
+@pytest.mark.parametrize(
+    ("container", "expected"),
+    [
+        pytest.param(make_container(), Maintenance(("a", "b"), False), id="survived: back"),
+        pytest.param(make_container(running=False), None, id="stopped: stays"),
+        pytest.param(None, None, id="gone: stays"),
+    ],
+)
+def test_undrain(container: Container | None, expected: Maintenance | None) -> None:
+    assert plan_undrain(container, ["b", "a"]) == expected
+
+
+def test_shutdown_deregisters_everything_per_container() -> None:
+    held = {
+        "c1": {"y": HeldService("y", "c1", "h"), "x": HeldService("x", "c1", "h")},
+        "c2": {"z": HeldService("z", "c2", "h")},
+    }
+    plans = plan_shutdown(held)
+    assert {key: plan.deregister for key, plan in plans.items()} == {
+        "c1": ("x", "y"),
+        "c2": ("z",),
+    }
+
+
+# --- a kept container is never passing (issue 12, 1) -------------------------------------------
+
+AGENT_CHECKS = {"SERVICE_CHECK_SCRIPT": "true", "SERVICE_CHECK_HTTP": "/health"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "health", "ttl", "kinds"),
+    [
+        pytest.param({}, None, 20, {CheckKind.HEARTBEAT}, id="-ttl heartbeat"),
+        pytest.param({}, "healthy", 0, {CheckKind.DOCKER_HEALTH}, id="health mirror"),
+        pytest.param(AGENT_CHECKS, None, 0, {CheckKind.SCRIPT}, id="script, not the HTTP probe"),
+        pytest.param({}, None, 0, set(), id="no check of ours"),
+        pytest.param(
+            AGENT_CHECKS,
+            "unhealthy",
+            20,
+            {CheckKind.HEARTBEAT, CheckKind.DOCKER_HEALTH, CheckKind.SCRIPT},
+            id="all three",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    "registered",
+    [
+        pytest.param(True, id="registered by this agent run"),
+        pytest.param(False, id="after an agent restart"),
+    ],
+)
+def test_kept_container_has_its_agent_checks_critical(
+    labels: dict[str, str], health: str | None, ttl: int, kinds: set[CheckKind], registered: bool
+) -> None:
+    running = make_container(labels=labels, health=health)
+    context = make_context(deregister=DeregisterMode.ON_SUCCESS, ttl=ttl)
+    (service,) = desired_services(running, context).services
+    exited = make_container(
+        labels=labels,
+        health=health,
+        running=False,
+        exit_code=3,
+        finished_at="2026-11-30T03:04:05Z",
+        # Docker drops the published ports of a stopped container; after a restart the agent
+        # can only find the checks of ports it still sees.
+        ports=running.ports if not registered else (),
+    )
+    state = holdings(holding(service), *([service] if registered else []))
+    outcome = plan_container(CONTAINER_ID, exited, state, context)
+    assert outcome.kept and outcome.plan.empty
+    expected = {c.check_id for c in service.checks if c.kind in kinds}
+    assert {u.check_id for u in outcome.check_updates} == expected
+    assert {(u.status, u.output) for u in outcome.check_updates} <= {
+        ("critical", "container exited with code 3 at 2026-11-30T03:04:05Z")
+    }
+
+
+def test_kept_container_checks_of_services_no_longer_held_are_left_alone() -> None:
+    context = make_context(deregister=DeregisterMode.ON_SUCCESS, ttl=20)
+    exited = make_container(running=False, exit_code=1)
+    outcome = plan_container(CONTAINER_ID, exited, holdings({}), context)
+    assert outcome.kept and outcome.check_updates == ()
+
+
+def test_no_heartbeat_for_a_stopped_container() -> None:
+    (service,) = services_of(make_container(), ttl=20)
+    assert heartbeat_updates([service], stopped={CONTAINER_ID}) == ()
+    assert len(heartbeat_updates([service], stopped={OTHER_ID})) == 1
+
+
+# --- a contested id changes hands at once (issue 12, 6) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("blue", "waiting", "hand_over"),
+    [
+        pytest.param(None, {OTHER_ID: ("shared",)}, (OTHER_ID,), id="blue gone: green next"),
+        pytest.param(
+            make_container(running=False, exit_code=0),
+            {OTHER_ID: ("shared",)},
+            (OTHER_ID,),
+            id="blue exited: green next",
+        ),
+        pytest.param(
+            make_container(labels=SHARED), {OTHER_ID: ("shared",)}, (), id="blue runs: keeps it"
+        ),
+        pytest.param(None, {OTHER_ID: ("other",)}, (), id="green waits for another id"),
+        pytest.param(None, {}, (), id="nobody waits"),
+    ],
+)
+def test_releasing_an_id_hands_it_to_its_contenders(
+    blue: Container | None, waiting: dict[str, tuple[str, ...]], hand_over: tuple[str, ...]
+) -> None:
+    (service,) = services_of(make_container(labels=SHARED))
+    state = Holdings(holding(service), {service.id: service}, waiting)
+    outcome = plan_container(CONTAINER_ID, blue, state, make_context())
+    assert outcome.hand_over == hand_over
