@@ -187,6 +187,7 @@ class Agent:
             status=self.status,
             timing=self.timing,
         )
+        self.reconciler.on_consul_state_lost = self.request_full_reconcile
         for note in swarm_notes(self.settings, info):
             log.warning("%s", note)
         log.info(

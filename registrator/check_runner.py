@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
 from registrator import checks as checks_mod
@@ -34,6 +34,11 @@ class CheckRunner:
         self._sent: dict[str, tuple[str, str, float]] = {}
         # service id → (the Service its runner was started for, the runner).
         self._scripts: dict[str, tuple[Service, asyncio.Task[None]]] = {}
+        # Set by the reconciler: Consul answered that it has no such check (it lost its
+        # state); a script's container is gone (exec answered 404): reconcile it, which
+        # releases the runner, instead of exec'ing into nothing every interval.
+        self.on_unknown_check: Callable[[str], None] = lambda check_id: None
+        self.on_container_gone: Callable[[str], None] = lambda container_id: None
 
     async def report(self, update: CheckUpdate) -> None:
         """Send a check result (PUT /v1/agent/check/update/:id), skipping writes that would
@@ -55,6 +60,10 @@ class CheckRunner:
         try:
             await self.consul.update_check(update.check_id, update.status, update.output)
         except ConsulError as err:
+            if err.unknown_check:
+                self._sent.pop(update.check_id, None)
+                self.on_unknown_check(update.check_id)
+                return
             self.status.error("consul", f"update check {update.check_id}: {err}", err.transient)
             return
         self.status.answered("consul")
@@ -111,6 +120,10 @@ class CheckRunner:
                 )
                 await self.report(script_update(check, result.exit_code, result.output))
             except DockerError as err:
+                if _container_gone(err):
+                    self._scripts.pop(service.id, None)
+                    self.on_container_gone(service.container_id)
+                    return
                 await self.report(script_update(check, None, f"exec failed: {err}"))
             await self.timing.sleep(interval)
 
@@ -125,3 +138,9 @@ class CheckRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._scripts.clear()
+
+
+def _container_gone(err: DockerError) -> bool:
+    """Docker answers 404 for an exec in a removed container (Podman: 500 "no such
+    container")."""
+    return err.status == 404 or "no such container" in str(err).lower()

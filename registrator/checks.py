@@ -218,8 +218,9 @@ def build_checks(
             CheckKind.DOCKER_HEALTH,
             "Docker HEALTHCHECK",
             {
-                # The agent reports every transition; the TTL only catches a dead agent.
-                "TTL": "24h",
+                # The agent reports every transition, and refreshes an unchanged status
+                # every third of the TTL; the TTL only catches a dead agent.
+                "TTL": _go_duration(settings.docker_health_ttl),
                 "Status": settings.docker_health_initial,
                 "Notes": "mirrors the container's Docker HEALTHCHECK",
             },
@@ -234,6 +235,15 @@ def build_checks(
             probing=False,
         )
     return ChecksResult(tuple(checks), tuple(problems), script, script_interval, script_timeout)
+
+
+def _go_duration(seconds: int) -> str:
+    """Whole hours or minutes as such ("24h": the payload hash of the default stays as it
+    was before the option existed, so an upgrade re-registers nothing)."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _script_ttl(interval: str) -> str:

@@ -80,7 +80,10 @@ def resolve_environment(settings: Settings, environ: Mapping[str, str]) -> Setti
         and Path(GLIDERLABS_SOCKET).exists()
     ):
         settings = replace(settings, docker_host=f"unix://{GLIDERLABS_SOCKET}")
-    if settings.consul_token_file and not settings.consul_token:
+    if settings.consul_token_file and settings.consul_token:
+        # CONSUL_HTTP_TOKEN wins, as with the consul CLI; the file is then not watched.
+        settings = replace(settings, consul_token_file="")
+    if settings.consul_token_file:
         try:
             token = Path(settings.consul_token_file).read_text(encoding="utf-8").strip()
         except OSError as err:
@@ -119,7 +122,13 @@ async def run_agent(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     async with (
         DockerClient(settings.docker_host) as docker,
-        ConsulClient(settings.consul, token=settings.consul_token, ssl_context=tls) as consul,
+        ConsulClient(
+            settings.consul,
+            token=settings.consul_token,
+            # Re-read when it changes: a token rotated in the file is used without a restart.
+            token_file=settings.consul_token_file,
+            ssl_context=tls,
+        ) as consul,
     ):
         agent = Agent(settings, docker, consul)
         # Up before startup so /health answers 503 (not "connection refused") while waiting.

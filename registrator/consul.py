@@ -10,6 +10,7 @@ cannot change Consul's mind.
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +36,22 @@ class ConsulError(Exception):
         self.status = status
         self.transient = transient
 
+    @property
+    def forbidden(self) -> bool:
+        """The ACL token lacks a permission (or is unknown): an operator can change that at
+        run time (widen the policy, rotate the token), so it is retried later, not memoised."""
+        return self.status in {401, 403}
+
+    @property
+    def unknown_check(self) -> bool:
+        """A TTL update for a check the agent does not have: Consul lost its state (restarted
+        without data) or the service was removed behind our back. Consul answers 404 "Unknown
+        check ID" (older agents: 500 "does not have associated TTL")."""
+        text = str(self)
+        return self.status is not None and (
+            self.status == 404 or "does not have associated TTL" in text or "Unknown check" in text
+        )
+
 
 def _is_transient(err: BaseException) -> bool:
     return isinstance(err, ConsulError) and err.transient
@@ -46,12 +63,17 @@ class ConsulClient:
         endpoint: ConsulEndpoint,
         *,
         token: str = "",
+        token_file: str = "",
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 10.0,
         attempts: int = 3,
     ) -> None:
         self.endpoint = endpoint
         self._token = token
+        # CONSUL_HTTP_TOKEN_FILE is read again when it changes (a rotated token), checked by
+        # its stat before each request: a rename over it or a rewrite in place both show.
+        self._token_file = token_file
+        self._token_stamp: tuple[int, int, int] | None = None
         self._ssl = ssl_context
         self._timeout = timeout
         self._attempts = attempts
@@ -66,13 +88,33 @@ class ConsulClient:
                 connector = aiohttp.UnixConnector(path=self.endpoint.socket_path)
             else:
                 connector = aiohttp.TCPConnector(limit=32, ssl=self._ssl if self._ssl else True)
-            headers = {"X-Consul-Token": self._token} if self._token else {}
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
             )
         return self._session
+
+    def token(self) -> str:
+        """The token to send: CONSUL_HTTP_TOKEN, or the token file's content as it is now
+        (an unreadable or empty file keeps the last token read, and says why in the answer
+        Consul gives to the old one)."""
+        if not self._token_file:
+            return self._token
+        try:
+            info = os.stat(self._token_file)
+        except OSError:
+            return self._token
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if stamp != self._token_stamp:
+            try:
+                with open(self._token_file, encoding="utf-8") as handle:
+                    token = handle.read().strip()
+            except OSError:
+                return self._token
+            self._token_stamp = stamp
+            if token:
+                self._token = token
+        return self._token
 
     async def close(self) -> None:
         if self._session is not None:
@@ -92,7 +134,11 @@ class ConsulClient:
         if method != "GET":
             self.writes += 1
         try:
-            async with self._client().request(method, url, json=body, params=params) as resp:
+            token = self.token()
+            headers = {"X-Consul-Token": token} if token else None
+            async with self._client().request(
+                method, url, json=body, params=params, headers=headers
+            ) as resp:
                 text = await resp.text()
                 if resp.status >= 400:
                     raise ConsulError(

@@ -52,7 +52,7 @@ class AgentCollector(Collector):
             "registrator_deregistrations", "services deregistered", value=stats.deregistrations
         )
         errors = CounterMetricFamily("registrator_errors", "errors by kind", labels=["kind"])
-        for kind in ("docker", "consul", "consul_rejected", "swarm"):
+        for kind in ("docker", "consul", "consul_rejected", "consul_forbidden", "swarm"):
             errors.add_metric([kind], stats.errors.get(kind, 0))
         yield errors
         yield CounterMetricFamily(
@@ -80,13 +80,22 @@ def make_app(agent: Agent) -> web.Application:
     started = time.monotonic()
 
     async def health(_: web.Request) -> web.Response:
-        body = {
+        consul_state, reason = agent.status.state("consul")
+        body: dict[str, object] = {
             "ready": agent.ready,
             "docker": agent.docker_ok,
             "consul": agent.consul_ok,
+            # "up", "unreachable", "forbidden" (Consul refuses the ACL token) or "unknown".
+            "consul_state": consul_state,
             "synced": bool(agent.reconciler and agent.reconciler.synced),
             "uptime_seconds": round(time.monotonic() - started, 1),
         }
+        if reason:
+            body["consul_reason"] = reason
+        refused = sorted(agent.reconciler.ledger.refused) if agent.reconciler else []
+        if refused:
+            # Services whose write the ACL policy refused (retried until it allows them).
+            body["consul_forbidden_services"] = refused
         return web.json_response(body, status=200 if agent.ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from registrator.backends import ConsulAPI, DockerAPI
 from registrator.check_runner import CheckRunner
@@ -32,7 +33,7 @@ from registrator.scheduler import Scheduler
 from registrator.status import Stats, Status
 from registrator.swarm import is_vip_key, vip_key
 from registrator.swarm_view import SwarmView
-from registrator.timing import Timing
+from registrator.timing import Backoff, Timing
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,26 @@ class Reconciler:
         self.swarm = SwarmView(
             docker, self.status, context.settings.swarm_vip, swarm_manager_id, in_swarm
         )
-        self.checks = CheckRunner(docker, consul, self.status, timing or Timing())
+        self.timing = timing or Timing()
+        self.checks = CheckRunner(docker, consul, self.status, self.timing)
+        self.checks.on_unknown_check = self._consul_forgot
+        self.checks.on_container_gone = self.mark
         self.work = _scheduler(self)
         self.inspects = Inspects(docker, self.status)
         self.ledger = Ledger()
         self.synced = False  # the first full reconcile has completed
         self._reported_problems: dict[str, frozenset[str]] = {}
         self._full_lock = asyncio.Lock()
+        # Called when Consul turns out to have lost this node's registrations (the agent
+        # asks for a full reconcile, which re-registers them); set by the Agent.
+        self.on_consul_state_lost: Callable[[], None] = lambda: None
+        self._state_lost_said = False  # until the next full reconcile lists Consul
+        # Containers whose reconcile left a write undone (Consul down, an ACL refusal): each
+        # is marked again after its own backoff, so -resync 0 still converges.
+        self._unfinished: set[str] = set()
+        self._retries: dict[str, tuple[Backoff, asyncio.Task[None]]] = {}
+        # Containers with a mirrored HEALTHCHECK: marked again before its TTL runs out.
+        self._refreshes: dict[str, asyncio.Task[None]] = {}
 
     # --- what others read -----------------------------------------------------------------
 
@@ -140,11 +154,17 @@ class Reconciler:
                 return False
             except ConsulError as err:
                 message = f"full reconcile: cannot list Consul services: {err}"
-                self.status.error("consul", message, True)
+                if err.forbidden:
+                    # Consul answers: not an outage, and no "unreachable" line.
+                    self.status.forbidden("consul", message)
+                else:
+                    self.status.error("consul", message, True)
                 self.status.retry_needed = True
                 return False
             self.status.answered("docker")
             self.status.answered("consul")
+            self.status.allowed("consul")
+            self._state_lost_said = False
             self.status.retry_needed = False
             vip_keys = await self.swarm.refresh(self.ledger.held)
 
@@ -154,7 +174,15 @@ class Reconciler:
                 if held is not None:
                     fresh.setdefault(held.container_id, {})[held.id] = held
             states = {str(item["Id"]): str(item.get("State", "")) for item in listed}
-            container_ids = set(states) | set(fresh) | set(self.ledger.held) | vip_keys
+            # by_container: a container removed while Consul was down, whose entries Consul
+            # has since lost, holds nothing but still has notes (a script runner) to release.
+            container_ids = (
+                set(states)
+                | set(fresh)
+                | set(self.ledger.held)
+                | set(self.ledger.by_container)
+                | vip_keys
+            )
             semaphore = asyncio.Semaphore(FULL_RECONCILE_CONCURRENCY)
 
             async def one(container_id: str) -> None:
@@ -188,6 +216,7 @@ class Reconciler:
         self.stats.container_reconciles += 1
         if is_vip_key(container_id) and not self.swarm.readable:
             return  # frozen until Swarm answers again (see SwarmView.refresh)
+        self._unfinished.discard(container_id)
         try:
             container = await self._read(container_id, list_state, force_inspect)
         except DockerError as err:
@@ -195,8 +224,18 @@ class Reconciler:
                 "docker", f"container {container_id[:12]}: cannot read it: {err}", err.transient
             )
             self.status.retry_needed = True
+            self._unfinished.add(container_id)
+            self._after(container_id)
             return
-        touched = set(self.ledger.held.get(container_id, {}))
+        try:
+            await self._plan_and_apply(container_id, container)
+        finally:
+            self._after(container_id)
+
+    async def _plan_and_apply(self, container_id: str, container: Container | None) -> None:
+        touched = set(self.ledger.held.get(container_id, {})) | self.ledger.services_of(
+            container_id
+        )
         outcome = plan_container(container_id, container, self.ledger.holdings(), self.context)
         self._report_problems(container_id, outcome)
         self.ledger.note(container_id, outcome.contested, outcome.kept)
@@ -207,19 +246,63 @@ class Reconciler:
         held = self.ledger.held.get(container_id, {})
         for service in outcome.services:
             if service.id in held:
-                self.ledger.registered[service.id] = service
-        await self.checks.report_all(outcome.check_updates)
+                self.ledger.remember(container_id, service)
         desired = {service.id for service in outcome.services}
+        # Whatever this container no longer holds in Consul and no longer wants (it went,
+        # or Consul lost it meanwhile): its script runner, check memos and refusals go too.
+        for service_id in self.ledger.services_of(container_id) - set(held) - desired:
+            self.checks.forget(self.ledger.release(container_id, service_id))
+        if container is None:
+            # Gone, whether or not Consul has let go of its entries yet (a deregistration
+            # waiting for Consul to answer): nothing to exec into, no heartbeat to send.
+            for service_id in self.ledger.services_of(container_id):
+                self.checks.forget(self.ledger.registered.pop(service_id, None))
+        await self.checks.report_all(outcome.check_updates)
         # A kept container runs no scripts: its checks stay at the critical the plan set.
-        scripts = {} if outcome.kept else self.ledger.registered
+        scripts = {} if outcome.kept or container is None else self.ledger.registered
         self.checks.sync_scripts(scripts, touched | desired)
+        self._schedule_refresh(container_id, container, outcome)
+
+    def _after(self, container_id: str) -> None:
+        """Retry a container whose writes did not all land, after its own backoff."""
+        if container_id not in self._unfinished:
+            entry = self._retries.pop(container_id, None)
+            if entry is not None and not entry[1].done():
+                entry[1].cancel()
+            return
+        entry = self._retries.get(container_id)
+        if entry is not None and not entry[1].done():
+            return  # one retry pending already
+        backoff = entry[0] if entry else self.timing.backoff(self.timing.write_retry)
+        task = asyncio.create_task(self._mark_later(container_id, backoff.next()))
+        self._retries[container_id] = (backoff, task)
+
+    def _schedule_refresh(
+        self, container_id: str, container: Container | None, outcome: Outcome
+    ) -> None:
+        """A mirrored HEALTHCHECK is sent again before its TTL runs out, even when Docker
+        says nothing (it sends health_status only on a change): the container is read and
+        planned again once the shortest `refresh_after` has passed."""
+        previous = self._refreshes.pop(container_id, None)
+        if previous is not None and not previous.done():
+            previous.cancel()
+        delays = [u.refresh_after for u in outcome.check_updates if u.refresh_after]
+        if container is None or not delays:
+            return
+        # A little after the refresh time, so that the check runner finds it has passed.
+        delay = min(delays) * 1.05
+        self._refreshes[container_id] = asyncio.create_task(self._mark_later(container_id, delay))
+
+    async def _mark_later(self, container_id: str, delay: float) -> None:
+        await self.timing.sleep(delay)
+        self.mark(container_id)
 
     async def _apply(self, container_id: str, container: Container | None, plan: Plan) -> None:
         held_before = dict(self.ledger.held.get(container_id, {}))
         held = self.ledger.held.setdefault(container_id, {})
         name = container.name if container else container_id[:12]
         for service in plan.register:
-            if await self._register(service, held):
+            if await self._register(container_id, service, held):
                 sidecar = plan.drop_sidecars.get(service.id)
                 if sidecar:
                     await self._deregister_sidecar(service.id, sidecar)
@@ -228,13 +311,18 @@ class Reconciler:
             try:
                 await self.consul.deregister(service_id)
             except ConsulError as err:
+                self._unfinished.add(container_id)
+                if err.forbidden:
+                    # Retried after this container's backoff, logged once per reason: not a
+                    # full reconcile every few seconds with an ERROR line each time.
+                    self._refuse(container_id, service_id, name, "deregistration", err)
+                    continue
                 self.status.error("consul", f"deregister {service_id}: {err}", err.transient)
                 self.status.retry_needed = True
                 continue
             self.status.answered("consul")
             held.pop(service_id, None)
-            self.checks.forget(self.ledger.registered.pop(service_id, None))
-            self.ledger.rejections.pop(service_id, None)
+            self.checks.forget(self.ledger.release(container_id, service_id))
             self.stats.deregistrations += 1
             why = "container gone" if container is None else _state_word(container)
             log.info(
@@ -251,7 +339,9 @@ class Reconciler:
             # listing (checked here, at the end, to cover writes started before the listing).
             self.ledger.applied_since_listing.add(container_id)
 
-    async def _register(self, service: Service, held: dict[str, HeldService]) -> bool:
+    async def _register(
+        self, container_id: str, service: Service, held: dict[str, HeldService]
+    ) -> bool:
         """PUT one registration; True if Consul took it."""
         body = registration(service)
         rejected = self.ledger.rejections.get(service.id)
@@ -262,12 +352,18 @@ class Reconciler:
             await self.consul.register(body)
         except ConsulError as err:
             if err.transient:
+                self._unfinished.add(container_id)
                 self.status.error("consul", f"register {service.id}: {err}", transient=True)
                 self.status.retry_needed = True
+            elif err.forbidden:
+                self._unfinished.add(container_id)
+                self._refuse(container_id, service.id, service.container_name, "registration", err)
             else:
-                self._reject(service, err)
+                self._reject(container_id, service, err)
             return False
         self.status.answered("consul")
+        if self.ledger.refused.pop(service.id, None) is not None:
+            log.info("Consul accepts service %s now (ACL policy or token changed)", service.id)
         self.ledger.rejections.pop(service.id, None)
         self.checks.forget(service)
         self.stats.registrations += 1
@@ -334,7 +430,23 @@ class Reconciler:
         await self.checks.heartbeat(self.ledger.registered.values(), self.ledger.stopped)
 
     async def close(self) -> None:
+        tasks = [task for _, task in self._retries.values()] + list(self._refreshes.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.checks.close()
+
+    def _consul_forgot(self, check_id: str) -> None:
+        """A TTL update answered "unknown check": Consul lost its state (restarted without
+        data). A full reconcile lists what it holds now and registers what is missing."""
+        if not self._state_lost_said:
+            self._state_lost_said = True
+            log.warning(
+                "Consul does not know check %s: it lost its state (restarted without data?); "
+                "re-registering this node's services",
+                check_id,
+            )
+        self.on_consul_state_lost()
 
     # --- reporting ------------------------------------------------------------------------
 
@@ -351,11 +463,27 @@ class Reconciler:
         for problem in sorted(current):
             log.warning("%s", problem)
 
-    def _reject(self, service: Service, err: ConsulError) -> None:
+    def _refuse(
+        self, container_id: str, service_id: str, name: str, what: str, err: ConsulError
+    ) -> None:
+        """An ACL refusal (HTTP 401/403): retried with backoff, logged once per reason."""
+        self.stats.errors["consul_forbidden"] += 1
+        message = str(err)
+        if self.ledger.refuse(container_id, service_id, message) != message:
+            log.error(
+                "Consul refused the %s of service %s of container %s (ACL token lacks "
+                "permission); retrying until the policy or the token changes: %s",
+                what,
+                service_id,
+                name,
+                message,
+            )
+
+    def _reject(self, container_id: str, service: Service, err: ConsulError) -> None:
         message = str(err)
         self.stats.errors["consul_rejected"] += 1
         previous = self.ledger.rejections.get(service.id)
-        self.ledger.rejections[service.id] = (payload_hash(service), message)
+        self.ledger.reject(container_id, service.id, (payload_hash(service), message))
         if previous is None or previous[1] != message:
             log.warning(
                 "Consul rejected service %s of container %s; it stays unregistered until "

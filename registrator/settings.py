@@ -379,6 +379,13 @@ class Settings:
         "Consul status of a mirrored HEALTHCHECK while Docker says 'starting'",
         metavar="STATUS",
     )
+    docker_health_ttl: int = option(
+        86400,
+        "REGISTRATOR_DOCKER_HEALTH_TTL",
+        _int_at_least(3),
+        "TTL in seconds of the mirrored HEALTHCHECK check; the agent refreshes it every third",
+        metavar="SECONDS",
+    )
     drain: bool = option(
         False,
         "REGISTRATOR_DRAIN",

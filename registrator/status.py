@@ -40,6 +40,8 @@ class Status:
         self._down: set[str] = set()
         # Backends that answered at least once (at startup): before that nothing is "up".
         self._seen: set[str] = set()
+        # Backends that answer but refuse our ACL token (HTTP 401/403) → Consul's reason.
+        self._forbidden: dict[str, str] = {}
         # A transient failure left work undone: the next full reconcile should come soon.
         self.retry_needed = False
 
@@ -58,6 +60,36 @@ class Status:
                 _BACKEND_NAMES.get(kind, kind),
             )
 
+    def forbidden(self, kind: str, message: str) -> None:
+        """`kind` answered but refused (ACL): not an outage. Logged once per reason; an
+        operator can widen the policy or rotate the token, so callers retry later."""
+        self.stats.errors[kind] += 1
+        self._seen.add(kind)
+        self._down.discard(kind)
+        if self._forbidden.get(kind) != message:
+            self._forbidden[kind] = message
+            log.error(
+                "%s; %s refuses the ACL token: retrying at each reconcile until the policy "
+                "or the token changes",
+                message,
+                _BACKEND_NAMES.get(kind, kind),
+            )
+        else:
+            log.debug("%s", message)
+
+    def allowed(self, kind: str) -> None:
+        """A call that `kind` refused before is accepted now (policy widened, token rotated)."""
+        if self._forbidden.pop(kind, None) is not None:
+            log.info("%s accepts the ACL token again", _BACKEND_NAMES.get(kind, kind))
+
+    def state(self, kind: str) -> tuple[str, str]:
+        """("up" | "unreachable" | "forbidden" | "unknown", reason) for /health."""
+        if kind in self._forbidden:
+            return "forbidden", self._forbidden[kind]
+        if kind in self._down:
+            return "unreachable", ""
+        return ("up", "") if kind in self._seen else ("unknown", "")
+
     def answered(self, kind: str, announce: bool = True) -> None:
         """A call to `kind` worked: end its outage, if there was one, with one line
         (`announce` False: the caller says it in its own words)."""
@@ -72,5 +104,5 @@ class Status:
         self._down.add(kind)
 
     def up(self, kind: str) -> bool:
-        """Answered once, and no transient failure since its last answer."""
-        return kind in self._seen and kind not in self._down
+        """Answered once, no transient failure since its last answer, and not refusing us."""
+        return kind in self._seen and kind not in self._down and kind not in self._forbidden

@@ -1,8 +1,9 @@
 """Every delay the shell waits, and the clock it reads, in one value tests can shrink.
 
 Request retries inside the clients stay with tenacity; these are the agent's own waits: the
-startup retry interval (-retry-interval), backoff after a failed full reconcile or a broken
-event stream, the drain re-check, the shutdown budget, and the check runner's clock.
+startup retry interval (-retry-interval), backoff after a failed full reconcile, a failed
+write or a broken event stream, the drain re-check, the shutdown budget, and the check
+runner's clock.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from dataclasses import dataclass, field
 class Timing:
     event_backoff: tuple[float, float] = (0.5, 30.0)  # first, longest (seconds)
     reconcile_backoff: tuple[float, float] = (0.5, 5.0)
+    # A container whose Consul write failed (down, or refused by an ACL) is reconciled again
+    # after this backoff, without waiting for a resync.
+    write_retry: tuple[float, float] = (1.0, 60.0)
     drain_recheck: float = 30.0  # after a stop signal, until a survivor is un-drained
     shutdown_idle: float = 3.0  # in-flight reconciles may finish within this
     shutdown_deregister: float = 1.5  # -deregister-on-exit may take this long

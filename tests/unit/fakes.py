@@ -4,6 +4,9 @@ would return, documents built from the captured `docker inspect` fixtures.
 
 `gate(name)` makes the next calls of one method wait until the test opens it, to put a call
 "in flight" at a chosen moment; `down` makes every call fail like a refused connection.
+FakeConsul's `forbidden` (method name → service id prefixes) answers 403 as an ACL policy
+without service:write on those prefixes would; `lose_state()` is a Consul restarted without
+data (its TTL updates then answer 404 "Unknown check ID", as Consul's do).
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class FakeDocker:
         self.down = False
         self.calls: dict[str, int] = {}
         self._events: asyncio.Queue[dict[str, Any] | Exception | None] = asyncio.Queue()
+        self.execs: list[str] = []  # container ids exec'd into
 
     # --- test controls ------------------------------------------------------------------
 
@@ -178,6 +182,13 @@ class FakeDocker:
         timeout: float,  # noqa: ASYNC109 - mirrors DockerClient.exec_run
     ) -> ExecResult:
         await self._call("exec_run")
+        self.execs.append(container_id)
+        if container_id not in self.documents:
+            raise DockerError(
+                f"POST /containers/{container_id}/exec: HTTP 404: No such container",
+                status=404,
+                transient=False,
+            )
         return ExecResult(0, "ok")
 
 
@@ -190,15 +201,26 @@ class FakeConsul:
         self.maintenance: list[tuple[str, bool]] = []
         self.registers: list[str] = []
         self.deregisters: list[str] = []
+        self.checks: set[str] = set()  # check ids the agent holds
         self.gates = Gates()
         self.down = False
+        self.forbidden: dict[str, tuple[str, ...]] = {}
         self.calls: dict[str, int] = {}
 
-    async def _call(self, name: str, write: bool = False) -> None:
+    def lose_state(self) -> None:
+        self.entries.clear()
+        self.checks.clear()
+
+    async def _call(self, name: str, write: bool = False, target: str = "") -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
         await self.gates.pass_(name)
         if self.down:
             raise ConsulError(f"{name}: connection refused")
+        prefixes = self.forbidden.get(name)
+        if prefixes is not None and target.startswith(prefixes):
+            raise ConsulError(
+                f"{name}: HTTP 403: Permission denied: token lacks permission", 403, False
+            )
         self.writes += write
 
     async def agent_self(self) -> dict[str, Any]:
@@ -210,8 +232,9 @@ class FakeConsul:
         return copy.deepcopy(self.entries)
 
     async def register(self, body: Mapping[str, Any]) -> None:
-        await self._call("register", write=True)
+        await self._call("register", write=True, target=body["ID"])
         self.registers.append(body["ID"])
+        self.checks.update(check["CheckID"] for check in body.get("Checks", ()))
         self.entries[body["ID"]] = {
             "ID": body["ID"],
             "Service": body["Name"],
@@ -222,12 +245,18 @@ class FakeConsul:
         }
 
     async def deregister(self, service_id: str) -> None:
-        await self._call("deregister", write=True)
+        await self._call("deregister", write=True, target=service_id)
         self.deregisters.append(service_id)
         self.entries.pop(service_id, None)
 
     async def update_check(self, check_id: str, status: str, output: str) -> None:
         await self._call("update_check", write=True)
+        if check_id not in self.checks:
+            raise ConsulError(
+                f'PUT /v1/agent/check/update/{check_id}: HTTP 404: Unknown check ID "{check_id}"',
+                404,
+                False,
+            )
         self.check_updates.append((check_id, status, output))
 
     async def service_maintenance(self, service_id: str, enable: bool, reason: str) -> None:

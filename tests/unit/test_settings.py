@@ -337,6 +337,7 @@ BAD_VALUES = {
     "ttl_refresh": "soon",
     "docker_health": "sure",
     "docker_health_initial": "ok",
+    "docker_health_ttl": "2",
     "drain": "maybe",
     "deregister_on_exit": "maybe",
     "swarm_vip": "perhaps",
