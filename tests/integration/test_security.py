@@ -84,6 +84,26 @@ def acl_consul(consul_factory: Callable[..., ConsulAgent]) -> AclConsul:
     return AclConsul(consul, management)
 
 
+@dataclass
+class AclToken:
+    secret: str
+    accessor: str
+    policy_id: str
+    policy_name: str
+
+
+def acl_token(acl: AclConsul, rules: str) -> AclToken:
+    """A token whose policy the test can change (or whose token it can delete) later."""
+    name = f"registrator-{uuid.uuid4().hex[:8]}"
+    policy = acl.consul.put("/v1/acl/policy", {"Name": name, "Rules": rules})
+    token = acl.consul.put("/v1/acl/token", {"Policies": [{"ID": policy["ID"]}]})
+    return AclToken(str(token["SecretID"]), str(token["AccessorID"]), policy["ID"], name)
+
+
+def set_rules(acl: AclConsul, token: AclToken, rules: str) -> None:
+    acl.consul.put(f"/v1/acl/policy/{token.policy_id}", {"Name": token.policy_name, "Rules": rules})
+
+
 def _assert_secret_absent(agent: RegistratorProcess, secret: str) -> None:
     assert secret not in agent.stderr(), "the token appears in the logs"
     if agent.http_port is not None and agent.returncode is None:
@@ -223,7 +243,9 @@ def test_every_rule_of_the_minimal_policy_is_needed(
         no_service.wait_ready()
         container = containers.run(labels={"SERVICE_NAME": f"acl-{node}", "SERVICE_PORT": "80"})
         wait_until(
-            lambda: no_service.lines_with("Consul rejected", container.name, "HTTP 403"),
+            lambda: no_service.lines_with(
+                "Consul refused the registration", container.name, "HTTP 403"
+            ),
             timeout=10,
             message=f"no refusal logged:\n{no_service.stderr()[-2000:]}",
         )
@@ -470,3 +492,118 @@ def test_docker_socket_exec_only_for_script_checks(
     assert endpoints <= READS | EXEC, sorted(endpoints - READS - EXEC)
     assert endpoints >= EXEC
     assert [p for p in paths if p.endswith(f"/containers/{container_id}/exec")]
+
+
+# --------------------------------------------------------------------------------------------
+# ACL policies and tokens that change while the agent runs (issue 13, item 8)
+
+LOCKED = 'service_prefix "locked-" {\n  policy = "read"\n}\n'
+
+
+def test_refused_registration_lands_once_the_policy_widens_and_a_refused_deregistration_waits(
+    tmp_path: Path, acl_consul: AclConsul, containers: ContainerFactory
+) -> None:
+    policy = documented_policy()
+    token = acl_token(acl_consul, policy + LOCKED)
+    node = unique_node("acl")
+    agent = RegistratorProcess.start(
+        tmp_path,
+        "-resync",
+        "0",
+        node=node,
+        consul=f"consul://{acl_consul.consul.http_addr}",
+        env={"CONSUL_HTTP_TOKEN": token.secret},
+    )
+    try:
+        agent.wait_ready()
+        locked = containers.run(labels={"SERVICE_NAME": f"locked-{node}", "SERVICE_PORT": "80"})
+        opened = containers.run(labels={"SERVICE_NAME": f"open-{node}", "SERVICE_PORT": "80"})
+        wait_until(
+            lambda: services_of(acl_consul.consul, node, opened.id), timeout=10, message="open"
+        )
+        wait_until(
+            lambda: agent.lines_with("Consul refused the registration", locked.name, "HTTP 403"),
+            timeout=10,
+            message=f"no refusal logged:\n{agent.stderr()[-2000:]}",
+        )
+        time.sleep(3)  # a few retries: still one line
+        assert not services_of(acl_consul.consul, node, locked.id)
+
+        set_rules(acl_consul, token, policy)  # the operator widens the policy
+        wait_until(
+            lambda: services_of(acl_consul.consul, node, locked.id),
+            timeout=40,  # the retry backoff: 1, 2, 4, 8, 16 s
+            message=f"not registered after the policy widened:\n{agent.stderr()[-2000:]}",
+        )
+        wait_until(lambda: agent.lines_with("registered", locked.name), timeout=5, message="logged")
+        assert len(agent.lines_with("Consul refused the registration")) == 1, agent.stderr()
+        assert agent.lines_with("Consul accepts service")
+
+        set_rules(acl_consul, token, policy + LOCKED)  # narrowed again, then the app stops
+        locked.stop(timeout=1)
+        wait_until(
+            lambda: agent.lines_with("Consul refused the deregistration", "HTTP 403"),
+            timeout=10,
+            message=f"no refused deregistration:\n{agent.stderr()[-2000:]}",
+        )
+        time.sleep(8)
+        errors = agent.lines_with(" ERROR ")
+        assert len(errors) == 2, "one line per refusal, not one per retry:\n" + "\n".join(errors)
+        assert not agent.lines_with("unreachable")
+        # Retried by the container's own backoff: the startup's is the only full reconcile.
+        assert agent.metrics()['registrator_reconciles_total{scope="full"}'] == 1
+        set_rules(acl_consul, token, policy)
+        wait_until(
+            lambda: not services_of(acl_consul.consul, node, locked.id),
+            timeout=40,
+            message="not deregistered once allowed",
+        )
+    finally:
+        agent.terminate()
+
+
+def test_token_deleted_is_forbidden_not_unreachable_and_a_rotated_token_file_is_used(
+    tmp_path: Path, acl_consul: AclConsul, containers: ContainerFactory
+) -> None:
+    first = acl_token(acl_consul, documented_policy())
+    token_file = tmp_path / "token"
+    token_file.write_text(first.secret + "\n")
+    node = unique_node("acl")
+    agent = RegistratorProcess.start(
+        tmp_path,
+        "-resync",
+        "1",
+        node=node,
+        consul=f"consul://{acl_consul.consul.http_addr}",
+        env={"CONSUL_HTTP_TOKEN_FILE": str(token_file)},
+    )
+    try:
+        agent.wait_ready()
+        acl_consul.consul.delete(f"/v1/acl/token/{first.accessor}")
+
+        def forbidden() -> dict[str, object] | None:
+            answer = agent.health()
+            if answer and answer[0] == 503 and answer[1].get("consul_state") == "forbidden":
+                return answer[1]
+            return None
+
+        body = wait_until(forbidden, timeout=10, message=f"/health:\n{agent.stderr()[-2000:]}")
+        assert "403" in str(body["consul_reason"]), body
+        assert not agent.lines_with("unreachable"), agent.stderr()
+
+        second = acl_token(acl_consul, documented_policy())
+        rotated = tmp_path / "token.new"
+        rotated.write_text(second.secret + "\n")
+        rotated.replace(token_file)
+        box = containers.run(labels={"SERVICE_NAME": f"acl-{node}", "SERVICE_PORT": "80"})
+        wait_until(
+            lambda: services_of(acl_consul.consul, node, box.id),
+            timeout=15,
+            message=f"not registered with the rotated token:\n{agent.stderr()[-2000:]}",
+        )
+        wait_until(agent.is_ready, timeout=10, message="/health did not return to 200")
+        assert len(agent.lines_with("refuses the ACL token")) == 1, agent.stderr()
+        assert agent.lines_with("Consul accepts the ACL token again")
+        _assert_secret_absent(agent, second.secret)
+    finally:
+        agent.terminate()
