@@ -26,6 +26,9 @@ from registrator.swarm import (
 )
 
 log = logging.getLogger(__name__)
+
+# Images whose EXPOSEd ports are remembered for -swarm-vip (the oldest goes first).
+IMAGE_PORTS_KEPT = 256
 T = TypeVar("T")
 
 
@@ -114,6 +117,8 @@ class SwarmView:
         self.readable = True
         self._services = dict(services)
         self._stale.clear()
+        images = {service.image for service in services.values()}
+        self._image_ports = {k: v for k, v in self._image_ports.items() if k in images}
         if not self.swarm_vip:
             return set()
         return {vip_key(service_id) for service_id in services} | vip_keys_held
@@ -149,8 +154,12 @@ class SwarmView:
             self.status.retry_needed = True
             return self._services[service_id]
         self.status.answered("swarm")
-        self._services[service_id] = service
         self._stale.discard(service_id)
+        if service is None:
+            # Removed: not remembered, so removed services do not pile up between resyncs.
+            self._services.pop(service_id, None)
+            return None
+        self._services[service_id] = service
         return service
 
     async def attach(self, container: Container | None) -> Container | None:
@@ -184,6 +193,9 @@ class SwarmView:
             return ()
         if service.image not in self._image_ports:
             document = await self.docker.image(service.image)
+            if len(self._image_ports) >= IMAGE_PORTS_KEPT:
+                # Bounded between resyncs too (-resync 0): every deploy may name a new tag.
+                self._image_ports.pop(next(iter(self._image_ports)))
             self._image_ports[service.image] = image_exposed_ports(document)
         return self._image_ports[service.image]
 

@@ -18,9 +18,11 @@ import pytest
 
 from registrator.agent import Agent
 from registrator.consul import ConsulClient, ConsulError
-from registrator.model import CheckKind
+from registrator.model import CheckKind, SwarmService
 from registrator.reconciler import Reconciler
 from registrator.settings import ConsulEndpoint, Settings
+from registrator.status import Status
+from registrator.swarm_view import IMAGE_PORTS_KEPT, SwarmView
 from registrator.timing import Timing
 from tests.unit.builders import make_context
 from tests.unit.fakes import NODE, A, B, FakeConsul, FakeDocker, sid, until
@@ -325,3 +327,11 @@ def test_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     assert client.token() == "second"
     token_file.unlink()
     assert client.token() == "second"
+
+
+async def test_image_ports_remembered_for_swarm_vips_are_bounded(docker: FakeDocker) -> None:
+    view = SwarmView(docker, Status(), swarm_vip=True, manager_id="m1", in_swarm=True)
+    for deploy in range(IMAGE_PORTS_KEPT + 50):  # a new tag at every deploy, no resync
+        await view._image_exposed(SwarmService("s1", "web", image=f"web:{deploy}"))
+    assert len(view._image_ports) == IMAGE_PORTS_KEPT
+    assert f"web:{IMAGE_PORTS_KEPT + 49}" in view._image_ports
