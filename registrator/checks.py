@@ -11,8 +11,9 @@ import json
 import re
 from dataclasses import dataclass
 
-from registrator.labels import Metadata, is_true_ignore
+from registrator.labels import Metadata, flag
 from registrator.model import Check, Container, Problem
+from registrator.vocabulary import bool_word
 
 DEFAULT_INTERVAL = "10s"
 SCRIPT_TIMEOUT_SECONDS = 30.0
@@ -174,21 +175,25 @@ def build_checks(
         body = metadata.get(f"CHECK_{kind}_BODY", metadata.get("CHECK_BODY"))
         if body:
             fields["Body"] = body
-        if is_true_ignore(metadata.get("CHECK_TLS_SKIP_VERIFY")):
+        skip_verify, flag_problems = flag(metadata, "CHECK_TLS_SKIP_VERIFY", container)
+        problems.extend(flag_problems)
+        if skip_verify:
             fields["TLSSkipVerify"] = True
         add(kind.lower(), f"{kind} {fields['HTTP']}", fields)
 
     tcp = metadata.get("CHECK_TCP").strip()
-    if tcp and tcp.lower() not in {"false", "0", "no"}:
-        address = tcp if ":" in tcp and tcp.lower() != "true" else _host_port(target)
+    if tcp and bool_word(tcp) is not False:
+        address = tcp if ":" in tcp and bool_word(tcp) is None else _host_port(target)
         add("tcp", f"TCP {address}", {"TCP": address})
 
     grpc = metadata.get("CHECK_GRPC").strip()
-    if grpc and grpc.lower() not in {"false", "0", "no"}:
-        service = "" if grpc.lower() in {"true", "1", "yes"} else grpc
+    if grpc and bool_word(grpc) is not False:
+        service = "" if bool_word(grpc) else grpc
         address = _host_port(target) + (f"/{service}" if service else "")
         fields = {"GRPC": address}
-        if is_true_ignore(metadata.get("CHECK_GRPC_USE_TLS")):
+        use_tls, flag_problems = flag(metadata, "CHECK_GRPC_USE_TLS", container)
+        problems.extend(flag_problems)
+        if use_tls:
             fields["GRPCUseTLS"] = True
         add("grpc", f"gRPC {address}", fields)
 
@@ -216,7 +221,7 @@ def build_checks(
     elif script:
         script = ""
 
-    health_opt_out = metadata.get("CHECK_DOCKER_HEALTH").strip().lower() in {"false", "0", "no"}
+    health_opt_out = bool_word(metadata.get("CHECK_DOCKER_HEALTH")) is False
     if docker_health and container.health and not health_opt_out:
         add(
             DOCKER_HEALTH_KIND,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from registrator.labels import (
-    expand_template,
     is_true_ignore,
     parse_tags,
     problems_with_keys,
@@ -13,6 +12,7 @@ from registrator.labels import (
     service_metadata,
 )
 from registrator.model import Problem
+from registrator.vocabulary import expand_template
 from tests.unit.builders import make_container, make_metadata
 
 
