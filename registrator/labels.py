@@ -54,7 +54,7 @@ IP_OPT_IN = "SERVICE_IP"
 # <port> or <N>-<M>, an optional protocol, then the key. The range's second half is read
 # loosely ([^_]*) so that "SERVICE_10-x_IGNORE" is reported as a malformed range instead of
 # quietly becoming a Meta key.
-_SCOPED = re.compile(r"^(\d+)(?:-([^_]*))?(?:_(TCP|UDP|SCTP)(?=_))?(?:_(.*))?$")
+_SCOPED = re.compile(r"^(\d+)(?:-([^_]*))?(?:_(TCP|UDP|SCTP)(?=_))?(?:_(.*))?$", re.IGNORECASE)
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 META_MAX_KEYS = 64
 META_MAX_KEY_LENGTH = 128
@@ -102,19 +102,24 @@ def scoped_key(raw_key: str) -> ScopedKey | None:
     """Take `SERVICE_...` apart; None for names that are not ours (or have nothing after it)."""
     if not raw_key.startswith(PREFIX):
         return None
-    rest = raw_key[len(PREFIX) :].upper()
+    rest = raw_key[len(PREFIX) :]
     if not rest:
         return None
     match = _SCOPED.match(rest)
     if match is None:
-        return ScopedKey(rest)
+        return ScopedKey(rest.upper())
     first, second, protocol, key = match.groups()
     protocol = (protocol or "").lower()
+    key = (key or "").upper()
     if not key or (key in PROTOCOLS and not protocol):
         return ScopedKey(
             "",
             problem="port-scoped key without a name (expected SERVICE_<port>_<KEY>, "
             "SERVICE_<port>_<proto>_<KEY> or SERVICE_<N>-<M>_<KEY>)",
+        )
+    if key in CONTAINER_WIDE_KEYS:
+        return ScopedKey(
+            key, problem=f"SERVICE_{key} applies to the whole container, not to ports; ignored"
         )
     if second is None:
         port = port_number(first)
@@ -178,13 +183,8 @@ def problems_with_keys(container: Container) -> list[Problem]:
             scoped = scoped_key(raw_key)
             if scoped is None:
                 continue
-            reason = scoped.problem
-            if not reason and scoped.high and scoped.key in CONTAINER_WIDE_KEYS:
-                reason = (
-                    f"SERVICE_{scoped.key} applies to the whole container, not to one port; ignored"
-                )
-            if reason:
-                problems.append(Problem(container.name, f"{kind} {raw_key}", reason))
+            if scoped.problem:
+                problems.append(Problem(container.name, f"{kind} {raw_key}", scoped.problem))
     return problems
 
 
@@ -216,7 +216,9 @@ def weights(
             continue
         number = _positive(raw)
         if number is None:
-            reason = f"{raw!r} is not a whole number from 1 to {WEIGHT_MAX}; Consul's default 1 used"
+            reason = (
+                f"{raw!r} is not a whole number from 1 to {WEIGHT_MAX}; Consul's default 1 used"
+            )
             problems.append(Problem(container.name, metadata.origin(key), reason))
             continue
         values[index] = number

@@ -95,6 +95,7 @@ class Settings:
 # --- value parsers: each takes the raw text and returns the typed value or raises ValueError
 #     with a reason; the option name is added by the caller.
 
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
