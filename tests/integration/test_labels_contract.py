@@ -13,7 +13,6 @@ import asyncio
 import ipaddress
 import logging
 import secrets
-from typing import Any
 
 import docker
 import pytest
@@ -33,6 +32,7 @@ from tests.helpers import (
     http_get_text,
 )
 from tests.integration.conftest import StartAgent
+from tests.integration.test_agent import run, unique, warnings_about
 
 # Consul's agent copies tags another tool wrote into the catalog on its next anti-entropy run:
 # about a minute on a one-node cluster (measured 60-65 s on Consul 1.14), and nothing an API
@@ -40,26 +40,10 @@ from tests.integration.conftest import StartAgent
 ANTI_ENTROPY_TIMEOUT = 150.0
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(3)}"
-
-
 @pytest.fixture
 def network(docker_network: NetworkFactory) -> Network:
     """A bridge network of the test's own: the tests do not depend on the default bridge."""
     return docker_network.create()
-
-
-async def run(containers: ContainerFactory, suffix: str, **kwargs: Any) -> Container:
-    return await asyncio.to_thread(containers.run, suffix, **kwargs)
-
-
-def warnings_about(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
-    return [
-        record.getMessage()
-        for record in caplog.records
-        if record.levelno == logging.WARNING and all(w in record.getMessage() for w in words)
-    ]
 
 
 async def served_over_http(address: str, port: int) -> None:
