@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from registrator.labels import Metadata, parse_tags
 from registrator.model import Container, Problem
-from registrator.vocabulary import port_number
+from registrator.vocabulary import bool_word, port_number
 
 # name[@datacenter]:[bind-address:]port — e.g. "db:5432", "cache@dc2:127.0.0.2:6379"
 _UPSTREAM = re.compile(
@@ -64,7 +64,7 @@ def parse_upstreams(text: str) -> list[dict[str, object]]:
 
 def build_connect(metadata: Metadata, container: Container) -> ConnectResult:
     mode = metadata.get("CONNECT").strip().lower()
-    if not mode or mode in {"false", "0", "no", "none"}:
+    if not mode or mode == "none" or bool_word(mode) is False:
         return ConnectResult(None)
 
     def fail(key: str, reason: str) -> ConnectResult:
@@ -79,7 +79,7 @@ def build_connect(metadata: Metadata, container: Container) -> ConnectResult:
 
     if mode == "native":
         return ConnectResult({"Native": True})
-    if mode not in {"sidecar", "true", "yes", "1"}:
+    if mode != "sidecar" and bool_word(mode) is not True:
         return fail("CONNECT", f"{mode!r} is not sidecar or native")
 
     sidecar: dict[str, object] = {}

@@ -380,3 +380,40 @@ def test_every_reserved_key_is_in_the_readme_label_reference(key: str) -> None:
     section = readme[readme.index("## Label reference") :]
     section = section[: section.index("\n## ", 1)]
     assert re.search(rf"`SERVICE_{key}`", section), f"SERVICE_{key} missing from the reference"
+
+
+# --- one set of yes/no words ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "connect", "problem"),
+    [
+        pytest.param("off", None, False, id="off: no Connect"),
+        pytest.param("No", None, False, id="No"),
+        pytest.param("none", None, False, id="none"),
+        pytest.param("on", "sidecar", False, id="on: a sidecar"),
+        pytest.param("TRUE", "sidecar", False, id="TRUE"),
+        pytest.param("sidecar", "sidecar", False, id="sidecar"),
+        pytest.param("native", "native", False, id="native"),
+        pytest.param("maybe", None, True, id="other word: warned"),
+    ],
+)
+def test_service_connect_words(value: str, connect: str | None, problem: bool) -> None:
+    result = plan(make_container(labels={"SERVICE_CONNECT": value}))
+    (service,) = result.services
+    kinds = {None: None, "sidecar": "SidecarService", "native": "Native"}
+    assert (None if service.connect is None else next(iter(service.connect))) == kinds[connect]
+    assert [p.key for p in result.problems] == (["label SERVICE_CONNECT"] if problem else [])
+
+
+@pytest.mark.parametrize(
+    ("labels", "checks"),
+    [
+        pytest.param({"SERVICE_CHECK_TCP": "off"}, [], id="SERVICE_CHECK_TCP=off: no TCP check"),
+        pytest.param({"SERVICE_CHECK_TCP": "on"}, ["tcp"], id="SERVICE_CHECK_TCP=on"),
+        pytest.param({"SERVICE_IGNORE": "off", "SERVICE_CHECK_GRPC": "off"}, [], id="ignore off"),
+    ],
+)
+def test_off_is_false_in_labels_as_in_options(labels: dict[str, str], checks: list[str]) -> None:
+    (service,) = plan(make_container(labels=labels)).services
+    assert [c.check_id.rsplit(":", 1)[1] for c in service.checks] == checks
