@@ -37,8 +37,6 @@ def _service(service_id: str, name: str, address: str, port: int) -> dict[str, A
     return {"ID": service_id, "Name": name, "Address": address, "Port": port, "Tags": ["t1"]}
 
 
-
-
 # -- helpers ----------------------------------------------------------------------------------
 
 

@@ -299,9 +299,7 @@ def test_script_check_is_a_ttl_registrator_reports_to(interval: str, ttl: str) -
         pytest.param(
             "healthy", True, {"SERVICE_CHECK_DOCKER_HEALTH": "true"}, "critical", id="label true"
         ),
-        pytest.param(
-            "healthy", True, {"SERVICE_CHECK_DOCKER_HEALTH": "off"}, None, id="label off"
-        ),
+        pytest.param("healthy", True, {"SERVICE_CHECK_DOCKER_HEALTH": "off"}, None, id="label off"),
     ],
 )
 def test_docker_health_check(

@@ -531,9 +531,7 @@ def test_weights(
         ),
     ],
 )
-def test_address_override(
-    labels: dict[str, str], opt_in: str, address: str, problem: str
-) -> None:
+def test_address_override(labels: dict[str, str], opt_in: str, address: str, problem: str) -> None:
     container = make_container(labels=labels)
     got, problems = address_override(service_metadata(container, 80), container, opt_in)
     assert got == address

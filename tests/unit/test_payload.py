@@ -112,9 +112,7 @@ def test_registration_carries_its_own_hash_and_no_private_fields() -> None:
     ("overrides", "fields"),
     [
         pytest.param({}, {}, id="none set: the body (and hash) registrations had before"),
-        pytest.param(
-            {"weights": (5, 1)}, {"Weights": {"Passing": 5, "Warning": 1}}, id="weights"
-        ),
+        pytest.param({"weights": (5, 1)}, {"Weights": {"Passing": 5, "Warning": 1}}, id="weights"),
         pytest.param({"enable_tag_override": True}, {"EnableTagOverride": True}, id="override"),
         pytest.param(
             {"tagged_addresses": {"lan_ipv6": "fd00::2", "lan_ipv4": "198.18.0.2"}},
