@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from registrator.labels import Metadata, flag
 from registrator.model import Check, Container, Problem
-from registrator.vocabulary import bool_word
+from registrator.vocabulary import bool_word, whole_number
 
 DEFAULT_INTERVAL = "10s"
 SCRIPT_TIMEOUT_SECONDS = 30.0
@@ -141,9 +141,9 @@ def build_checks(
     ):
         raw = metadata.get(key).strip()
         if raw:
-            # ASCII and short: int() raises on "²" and on strings over 4300 digits.
-            if raw.isascii() and raw.isdigit() and len(raw) <= 9:
-                common[field] = int(raw)
+            number = whole_number(raw, 0, 999_999_999)
+            if number is not None:
+                common[field] = number
             else:
                 problem(key, f"{raw!r} is not a non-negative integer; ignored")
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from registrator.model import OWNER_META_KEYS, Container, Problem
-from registrator.vocabulary import bool_word, port_number
+from registrator.vocabulary import bool_word, port_number, whole_number
 
 PREFIX = "SERVICE_"
 
@@ -214,7 +214,7 @@ def weights(
         raw = metadata.get(key).strip()
         if not raw:
             continue
-        number = _positive(raw)
+        number = whole_number(raw, 1, WEIGHT_MAX)
         if number is None:
             reason = (
                 f"{raw!r} is not a whole number from 1 to {WEIGHT_MAX}; Consul's default 1 used"
@@ -224,13 +224,6 @@ def weights(
         values[index] = number
         given = True
     return ((values[0], values[1]) if given else None), problems
-
-
-def _positive(text: str) -> int | None:
-    if not (text.isascii() and text.isdigit() and len(text) <= 5):
-        return None
-    number = int(text)
-    return number if 0 < number <= WEIGHT_MAX else None
 
 
 def address_override(

@@ -33,17 +33,22 @@ def parse_bool(text: str) -> bool:
     return value
 
 
-def port_number(text: str) -> int | None:
-    """A TCP/UDP port 1-65535 written in ASCII digits, else None.
+def whole_number(text: str, low: int, high: int) -> int | None:
+    """A whole number from `low` to `high` written in ASCII digits (no sign), else None.
 
-    ASCII and short: int() reads non-ASCII digits ("٨٠") no Docker port is written in, and
-    raises on digit strings over 4300 long.
+    ASCII and short: int() reads non-ASCII digits ("٨٠", "²") that Docker and Consul do not,
+    and raises on digit strings over 4300 long.
     """
     stripped = text.strip()
-    if not (stripped.isascii() and stripped.isdigit() and len(stripped) <= 5):
+    if not (stripped.isascii() and stripped.isdigit() and len(stripped) <= len(str(high))):
         return None
     number = int(stripped)
-    return number if 0 < number < 65536 else None
+    return number if low <= number <= high else None
+
+
+def port_number(text: str) -> int | None:
+    """A TCP/UDP port 1-65535, else None."""
+    return whole_number(text, 1, 65535)
 
 
 # --- the tags template: Go-template-like placeholders as gliderlabs' -tags wrote them.

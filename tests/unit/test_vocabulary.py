@@ -12,6 +12,7 @@ from registrator.vocabulary import (
     port_number,
     template_problems,
     validate_template,
+    whole_number,
 )
 
 
@@ -61,6 +62,21 @@ def test_parse_bool_refuses_other_words() -> None:
 )
 def test_port_number(text: str, expected: int | None) -> None:
     assert port_number(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "low", "high", "expected"),
+    [
+        pytest.param("0", 0, 9, 0, id="low end"),
+        pytest.param("9", 0, 9, 9, id="high end"),
+        pytest.param("10", 0, 9, None, id="above"),
+        pytest.param("0", 1, 9, None, id="below"),
+        pytest.param("+1", 0, 9, None, id="sign"),
+        pytest.param("²", 0, 9, None, id="superscript digit"),
+    ],
+)
+def test_whole_number(text: str, low: int, high: int, expected: int | None) -> None:
+    assert whole_number(text, low, high) == expected
 
 
 @pytest.mark.parametrize(
