@@ -314,7 +314,8 @@ OPTIONS: tuple[Option, ...] = (
         ("use-ip-from-label", "useIpFromLabel"),
         "REGISTRATOR_USE_IP_FROM_LABEL",
         _text,
-        "container label whose value is the address to register",
+        "container label whose value is the address to register (SERVICE_IP: also "
+        "SERVICE_<port>_IP and env)",
         metavar="LABEL",
     ),
     Option(
