@@ -21,7 +21,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from registrator.model import OWNER_META_KEYS, Container, Problem
-from registrator.vocabulary import bool_word, port_number, whole_number
+from registrator.vocabulary import (
+    bool_word,
+    expand_template,
+    port_number,
+    template_problems,
+    whole_number,
+)
 
 PREFIX = "SERVICE_"
 
@@ -224,6 +230,30 @@ def weights(
         values[index] = number
         given = True
     return ((values[0], values[1]) if given else None), problems
+
+
+@dataclass(frozen=True)
+class ServiceFields:
+    """What SERVICE_* sets on one registration besides name, id, address, checks and Meta."""
+
+    tags: list[str]  # SERVICE_TAGS, templates filled in
+    weights: tuple[int, int] | None  # Consul Weights (Passing, Warning); None: Consul's (1, 1)
+    enable_tag_override: bool
+    problems: list[Problem]
+
+
+def service_fields(metadata: Metadata, container: Container, node: str) -> ServiceFields:
+    """SERVICE_TAGS (templates as in -tags), SERVICE_WEIGHT*, SERVICE_ENABLE_TAG_OVERRIDE."""
+    problems = [
+        Problem(container.name, metadata.origin("TAGS"), f"{reason}; that field expands to nothing")
+        for reason in template_problems(metadata.get("TAGS"))
+    ]
+    tags = parse_tags(expand_template(metadata.get("TAGS"), container, node))
+    service_weights, weight_problems = weights(metadata, container)
+    tag_override, override_problems = flag(metadata, "ENABLE_TAG_OVERRIDE", container)
+    return ServiceFields(
+        tags, service_weights, tag_override, problems + weight_problems + override_problems
+    )
 
 
 def address_override(

@@ -16,14 +16,13 @@ from registrator.labels import (
     IP_OPT_IN,
     Metadata,
     address_override,
-    flag,
     is_true_ignore,
     parse_tags,
     problems_with_keys,
+    service_fields,
     service_meta,
     service_metadata,
     unique,
-    weights,
 )
 from registrator.model import (
     META_CONTAINER,
@@ -42,7 +41,7 @@ from registrator.model import (
 from registrator.payload import payload_hash
 from registrator.settings import DeregisterMode
 from registrator.swarm import is_vip_key, task_service_id
-from registrator.vocabulary import expand_template, port_number, template_problems
+from registrator.vocabulary import expand_template, port_number
 
 LABEL_SWARM_SERVICE = "com.docker.swarm.service.name"
 LABEL_STACK_NAMESPACE = "com.docker.stack.namespace"
@@ -418,13 +417,9 @@ def _service(
         )
         return None
 
-    for reason in template_problems(metadata.get("TAGS")):
-        problems.add(metadata.origin("TAGS"), f"{reason}; that field expands to nothing")
-    own_tags = expand_template(metadata.get("TAGS"), container, ctx.node)
-    tags = parse_tags(own_tags) + global_tags + (["udp"] if udp else [])
-    service_weights, weight_problems = weights(metadata, container)
-    tag_override, override_problems = flag(metadata, "ENABLE_TAG_OVERRIDE", container)
-    problems.items.extend(weight_problems + override_problems)
+    fields = service_fields(metadata, container, ctx.node)
+    problems.items.extend(fields.problems)
+    tags = fields.tags + global_tags + (["udp"] if udp else [])
     meta, meta_problems = service_meta(metadata, container)
     problems.items.extend(meta_problems)
     meta.update({META_SOURCE: OWNER_SOURCE, META_NODE: ctx.node, META_CONTAINER: container.id})
@@ -465,8 +460,8 @@ def _service(
         script=built.script,
         script_interval=built.script_interval,
         script_timeout=built.script_timeout,
-        weights=service_weights,
-        enable_tag_override=tag_override,
+        weights=fields.weights,
+        enable_tag_override=fields.enable_tag_override,
         # A per-container address (SERVICE_IP, -useIpFromLabel) replaces the network's.
         tagged_addresses={} if address != endpoint.address else endpoint.tagged_addresses,
     )
