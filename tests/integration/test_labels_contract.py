@@ -64,6 +64,7 @@ async def test_per_protocol_names_and_range_ignore(
     start_agent: StartAgent,
     containers: ContainerFactory,
     network: Network,
+    consul: ConsulAgent,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="registrator")
@@ -78,6 +79,10 @@ async def test_per_protocol_names_and_range_ignore(
             "SERVICE_53_udp_VERSION": "2",
             "SERVICE_6000-6010_IGNORE": "true",
             "SERVICE_7000-6000_IGNORE": "true",  # reversed: one warning, applies nowhere
+            # `off` is false in labels as in options: no TCP check for 53/tcp.
+            "SERVICE_CHECK_TCP": "true",
+            "SERVICE_53_tcp_CHECK_TCP": "off",
+            "SERVICE_53_udp_CHECK_TCP": "off",
         },
         ports={"53/tcp": None, "53/udp": None, "6001/tcp": None, "7000/tcp": None},
         network=network,
@@ -100,6 +105,8 @@ async def test_per_protocol_names_and_range_ignore(
     assert "version" not in held[tcp_id]["Meta"]
     (warning,) = warnings_about(caplog, container.name, "SERVICE_7000-6000_IGNORE")
     assert "7000-6000 is not a port range" in warning
+    checks = {c["CheckID"] for c in consul.checks().values() if c["ServiceID"] in held}
+    assert checks == {f"service:{other_id}:tcp"}
 
 
 # -- SERVICE_TAGS templates and SERVICE_IP ------------------------------------------------
