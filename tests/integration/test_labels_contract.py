@@ -209,8 +209,13 @@ async def test_weights_in_the_registration_and_in_dns_srv_answers(
 
 
 async def test_tag_override_keeps_tags_another_tool_wrote_without_rewrites(
-    start_agent: StartAgent, containers: ContainerFactory, network: Network, consul: ConsulAgent
+    start_agent: StartAgent,
+    containers: ContainerFactory,
+    network: Network,
+    consul: ConsulAgent,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="registrator")
     running = await start_agent("-resync", "1")
     name = unique("override")
     labels = {"SERVICE_NAME": name, "SERVICE_TAGS": "ours"}
@@ -252,7 +257,12 @@ async def test_tag_override_keeps_tags_another_tool_wrote_without_rewrites(
 
     def agent_tags() -> dict[str, list[str]] | None:
         tags = {sid: consul.get(f"/v1/agent/service/{sid}")["Tags"] for sid in held}
-        return tags if tags[override_id] == ["theirs"] else None
+        # Settled once the agent also pushed its Meta back over the other tool's entry.
+        synced = all(
+            e["ServiceMeta"].get(META_HASH) == held[e["ServiceID"]]["Meta"][META_HASH]
+            for e in consul.catalog_service(name)
+        )
+        return tags if tags[override_id] == ["theirs"] and synced else None
 
     # Consul's anti-entropy: the agent adopts the catalog's tags for the overridable service
     # and puts ours back for the other one.
@@ -266,13 +276,25 @@ async def test_tag_override_keeps_tags_another_tool_wrote_without_rewrites(
     entry = consul.get(f"/v1/agent/service/{override_id}")
     assert entry["Meta"][META_HASH] == own_hash  # still ours, and unchanged
 
-    # Our diff does not fight the other tool: resyncs see our own hash and write nothing.
-    writes = running.consul_client.writes
+    # Our diff does not fight the other tool: resyncs see our own hash and write nothing for
+    # it (the agent's write counter would also count other sessions' containers, so this
+    # reads the log and the catalog entry's ModifyIndex instead).
+    def catalog() -> dict[str, tuple[list[str], int]]:
+        return {
+            e["ServiceID"]: (e["ServiceTags"], e["ModifyIndex"])
+            for e in consul.catalog_service(name)
+        }
+
+    before = catalog()
+    caplog.clear()
     await running.full_reconcile()
     await running.full_reconcile()
-    assert running.consul_client.writes == writes
-    catalog = {e["ServiceID"]: e["ServiceTags"] for e in consul.catalog_service(name)}
-    assert catalog == {override_id: ["theirs"], fixed_id: ["ours"]}
+    assert not [r for r in caplog.records if override_id in r.getMessage()]
+    assert catalog()[override_id] == before[override_id]
+    assert {sid: tags for sid, (tags, _) in catalog().items()} == {
+        override_id: ["theirs"],
+        fixed_id: ["ours"],
+    }
 
     # Nor does it lose its own: the service is still ours to remove.
     await asyncio.to_thread(overridable.stop, timeout=5)
