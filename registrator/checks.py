@@ -11,9 +11,10 @@ import json
 import re
 from dataclasses import dataclass
 
-from registrator.labels import Metadata, is_true_ignore
+from registrator.labels import Metadata, flag
 from registrator.model import Check, CheckKind, Container, Problem
 from registrator.settings import Settings
+from registrator.vocabulary import bool_word, whole_number
 
 DEFAULT_INTERVAL = "10s"
 SCRIPT_TIMEOUT_SECONDS = 30.0
@@ -136,9 +137,9 @@ def build_checks(
     ):
         raw = metadata.get(key).strip()
         if raw:
-            # ASCII and short: int() raises on "²" and on strings over 4300 digits.
-            if raw.isascii() and raw.isdigit() and len(raw) <= 9:
-                common[field] = int(raw)
+            number = whole_number(raw, 0, 999_999_999)
+            if number is not None:
+                common[field] = number
             else:
                 problem(key, f"{raw!r} is not a non-negative integer; ignored")
 
@@ -170,21 +171,25 @@ def build_checks(
         body = metadata.get(f"CHECK_{kind}_BODY", metadata.get("CHECK_BODY"))
         if body:
             fields["Body"] = body
-        if is_true_ignore(metadata.get("CHECK_TLS_SKIP_VERIFY")):
+        skip_verify, flag_problems = flag(metadata, "CHECK_TLS_SKIP_VERIFY", container)
+        problems.extend(flag_problems)
+        if skip_verify:
             fields["TLSSkipVerify"] = True
         add(check_kind, f"{kind} {fields['HTTP']}", fields)
 
     tcp = metadata.get("CHECK_TCP").strip()
-    if tcp and tcp.lower() not in {"false", "0", "no"}:
-        address = tcp if ":" in tcp and tcp.lower() != "true" else _host_port(target)
+    if tcp and bool_word(tcp) is not False:
+        address = tcp if ":" in tcp and bool_word(tcp) is None else _host_port(target)
         add(CheckKind.TCP, f"TCP {address}", {"TCP": address})
 
     grpc = metadata.get("CHECK_GRPC").strip()
-    if grpc and grpc.lower() not in {"false", "0", "no"}:
-        service = "" if grpc.lower() in {"true", "1", "yes"} else grpc
+    if grpc and bool_word(grpc) is not False:
+        service = "" if bool_word(grpc) else grpc
         address = _host_port(target) + (f"/{service}" if service else "")
         fields = {"GRPC": address}
-        if is_true_ignore(metadata.get("CHECK_GRPC_USE_TLS")):
+        use_tls, flag_problems = flag(metadata, "CHECK_GRPC_USE_TLS", container)
+        problems.extend(flag_problems)
+        if use_tls:
             fields["GRPCUseTLS"] = True
         add(CheckKind.GRPC, f"gRPC {address}", fields)
 
@@ -212,7 +217,7 @@ def build_checks(
     elif script:
         script = ""
 
-    health_opt_out = metadata.get("CHECK_DOCKER_HEALTH").strip().lower() in {"false", "0", "no"}
+    health_opt_out = bool_word(metadata.get("CHECK_DOCKER_HEALTH")) is False
     if settings.docker_health and container.health and not health_opt_out:
         add(
             CheckKind.DOCKER_HEALTH,

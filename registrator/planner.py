@@ -13,11 +13,13 @@ from dataclasses import dataclass, field, replace
 from registrator import checks as checks_mod
 from registrator.connect import build_connect
 from registrator.labels import (
+    IP_OPT_IN,
     Metadata,
-    expand_template,
+    address_override,
     is_true_ignore,
     parse_tags,
     problems_with_keys,
+    service_fields,
     service_meta,
     service_metadata,
     unique,
@@ -40,6 +42,7 @@ from registrator.model import (
 from registrator.payload import payload_hash
 from registrator.settings import DeregisterMode, Settings
 from registrator.swarm import is_vip_key, task_service_id
+from registrator.vocabulary import expand_template, port_number
 
 LABEL_SWARM_SERVICE = "com.docker.swarm.service.name"
 LABEL_STACK_NAMESPACE = "com.docker.stack.namespace"
@@ -71,6 +74,7 @@ class _Endpoint:
     protocol: str
     address: str
     port: int
+    tagged_addresses: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,7 +134,7 @@ def choose_network(
     origin: str = "REGISTRATOR_NETWORK",
 ) -> NetworkAttachment | None:
     """The network whose address to register; `origin` names where `preferred` came from."""
-    attached = [n for n in container.networks if n.ip]
+    attached = [n for n in container.networks if n.address]
     if preferred:
         for network in attached:
             if network.name == preferred:
@@ -207,14 +211,20 @@ def _endpoints(
             else:
                 problems.add("-internal", "container has no address on any network; not registered")
             return []
-        return [_Endpoint(p.port, p.protocol, network.ip, p.port) for p in ports]
+        tagged = network.tagged_addresses()
+        return [_Endpoint(p.port, p.protocol, network.address, p.port, tagged) for p in ports]
     endpoints = []
     for port in ports:
         binding = _pick_binding(port)
         if binding is not None:
-            address = ctx.settings.ip or (
-                binding.host_ip if _is_specific(binding.host_ip) else ctx.default_address
-            )
+            address = _published_address(binding, ctx)
+            if not address and binding.host_ip == "::":
+                problems.add(
+                    f"port {port.port}/{port.protocol}",
+                    "published on IPv6 (::) only and no IPv6 address of this host is known "
+                    "(set -ip to one); not registered",
+                )
+                continue
             endpoints.append(_Endpoint(port.port, port.protocol, address, binding.host_port))
             continue
         # Published through the routing mesh: every node answers on the published port, so
@@ -250,6 +260,19 @@ def _is_specific(host_ip: str) -> bool:
     return host_ip not in {"", "0.0.0.0", "::"}
 
 
+def _published_address(binding: PortBinding, ctx: PlanContext) -> str:
+    """Where clients reach a published port; "" when only an IPv6 one would do and none is known.
+
+    A port bound on `::` alone is not reachable over IPv4, so it is registered at an IPv6
+    address of this host (-ip, or the default address when that is IPv6) or not at all.
+    """
+    if binding.host_ip == "::":
+        return next((a for a in (ctx.settings.ip, ctx.default_address) if ":" in a), "")
+    if ctx.settings.ip:
+        return ctx.settings.ip
+    return binding.host_ip if _is_specific(binding.host_ip) else ctx.default_address
+
+
 def _synthetic_endpoint(
     container: Container, ctx: PlanContext, base: Metadata, problems: _Problems
 ) -> list[_Endpoint]:
@@ -257,10 +280,10 @@ def _synthetic_endpoint(
     raw = base.get("PORT").strip()
     if not raw:
         return []
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 5 and 0 < int(raw) < 65536):
+    port = port_number(raw)
+    if port is None:
         problems.add(base.origin("PORT"), f"{raw!r} is not a port number (1-65535); ignored")
         return []
-    port = int(raw)
     if container.network_mode == "host":
         address = ctx.settings.ip or ctx.default_address
     else:
@@ -269,12 +292,13 @@ def _synthetic_endpoint(
         if network is None:
             problems.add(base.origin("PORT"), "container has no network address; not registered")
             return []
-        address = network.ip
+        return [_Endpoint(port, "tcp", network.address, port, network.tagged_addresses())]
     return [_Endpoint(port, "tcp", address, port)]
 
 
 def _address_from_label(container: Container, ctx: PlanContext, problems: _Problems) -> str:
-    if not ctx.settings.use_ip_from_label:
+    if not ctx.settings.use_ip_from_label or ctx.settings.use_ip_from_label == IP_OPT_IN:
+        # SERVICE_IP is read per port with the other SERVICE_* keys (labels.address_override).
         return ""
     raw = container.labels.get(ctx.settings.use_ip_from_label, "").strip()
     if not raw:
@@ -324,7 +348,7 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
     services: list[Service] = []
     seen_ids: set[str] = set()
     for endpoint in endpoints:
-        metadata = service_metadata(container, endpoint.container_port)
+        metadata = service_metadata(container, endpoint.container_port, endpoint.protocol)
         if is_true_ignore(metadata.get("IGNORE")):
             continue
         if ctx.settings.explicit and not metadata.get("NAME").strip():
@@ -379,14 +403,20 @@ def _service(
         owner = "swarm" if is_vip_key(container.id) else ctx.node
         service_id = f"{owner}:{container.name}:{suffix}"
 
-    address = label_address or endpoint.address
+    own_address, address_problems = address_override(
+        metadata, container, ctx.settings.use_ip_from_label
+    )
+    problems.items.extend(address_problems)
+    address = own_address or label_address or endpoint.address
     if not address:
         problems.add(
             "address", "no address known for this service (set -ip or REGISTRATOR_IP); skipped"
         )
         return None
 
-    tags = parse_tags(metadata.get("TAGS")) + global_tags + (["udp"] if udp else [])
+    fields = service_fields(metadata, container, ctx.node)
+    problems.items.extend(fields.problems)
+    tags = fields.tags + global_tags + (["udp"] if udp else [])
     meta, meta_problems = service_meta(metadata, container)
     problems.items.extend(meta_problems)
     meta.update({META_SOURCE: OWNER_SOURCE, META_NODE: ctx.node, META_CONTAINER: container.id})
@@ -424,6 +454,10 @@ def _service(
         script=built.script,
         script_interval=built.script_interval,
         script_timeout=built.script_timeout,
+        weights=fields.weights,
+        enable_tag_override=fields.enable_tag_override,
+        # A per-container address (SERVICE_IP, -useIpFromLabel) replaces the network's.
+        tagged_addresses={} if address != endpoint.address else endpoint.tagged_addresses,
     )
 
 

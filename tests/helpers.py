@@ -53,6 +53,30 @@ CONSUL_START_TIMEOUT = 30.0
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def dig(consul: ConsulAgent, *query: str) -> list[str]:
+    """`dig +short` against the Consul agent's DNS port: the answer's fields, split on spaces."""
+    command = shutil.which("dig")
+    if command is None:
+        raise AssertionError("dig is missing: scripts/test installs it (Debian package dnsutils)")
+    result = subprocess.run(
+        [
+            command,
+            "@127.0.0.1",
+            "-p",
+            str(consul.dns_port),
+            "+short",
+            "+time=2",
+            "+tries=1",
+            *query,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    return result.stdout.split()
+
+
 def http_get_text(url: str, timeout: float = 5.0) -> str:
     """GET `url` bypassing any proxy settings; raises on connection errors and non-2xx."""
     with _opener.open(url, timeout=timeout) as response:
@@ -525,9 +549,16 @@ class NetworkFactory:
         return used
 
     def create(
-        self, name_suffix: str | None = None, labels: Mapping[str, str] | None = None, **kwargs: Any
+        self,
+        name_suffix: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        ipv6_subnet: str | None = None,
+        **kwargs: Any,
     ) -> Network:
-        """Creates a bridge network; extra keyword arguments go to `networks.create`."""
+        """Creates a bridge network; extra keyword arguments go to `networks.create`.
+
+        `ipv6_subnet` (a ULA prefix such as fd00:5e:1::/64) makes it dual stack.
+        """
         name = _resource_name(self._test_name, name_suffix)
         all_labels = _resource_labels(self._test_id, labels)
         used = self._used_subnets()
@@ -536,7 +567,11 @@ class NetworkFactory:
             if any(subnet.overlaps(other) for other in used):
                 continue
             gateway = str(next(subnet.hosts()))
-            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet), gateway=gateway)])
+            pools = [IPAMPool(subnet=str(subnet), gateway=gateway)]
+            if ipv6_subnet:
+                pools.append(IPAMPool(subnet=ipv6_subnet))
+                kwargs["enable_ipv6"] = True
+            ipam = IPAMConfig(pool_configs=pools)
             try:
                 network = self._client.networks.create(
                     name, driver="bridge", ipam=ipam, labels=all_labels, **kwargs

@@ -196,6 +196,11 @@ def test_ipv6_target_is_bracketed() -> None:
             id="TCP host:port",
         ),
         pytest.param({"SERVICE_CHECK_TCP": "false"}, {}, id="TCP false"),
+        # The same false words as options: `off` creates no check (it used to create one).
+        pytest.param({"SERVICE_CHECK_TCP": "off"}, {}, id="TCP off"),
+        pytest.param({"SERVICE_CHECK_TCP": "No"}, {}, id="TCP No"),
+        pytest.param({"SERVICE_CHECK_TCP": "0"}, {}, id="TCP 0"),
+        pytest.param({"SERVICE_CHECK_TCP": "on"}, {"tcp": {"TCP": "10.0.0.5:8080"}}, id="TCP on"),
         pytest.param(
             {"SERVICE_CHECK_GRPC": "true"}, {"grpc": {"GRPC": "10.0.0.5:8080"}}, id="GRPC"
         ),
@@ -210,6 +215,17 @@ def test_ipv6_target_is_bracketed() -> None:
             id="GRPC with TLS",
         ),
         pytest.param({"SERVICE_CHECK_GRPC": "no"}, {}, id="GRPC no"),
+        pytest.param({"SERVICE_CHECK_GRPC": "off"}, {}, id="GRPC off"),
+        pytest.param(
+            {"SERVICE_CHECK_GRPC": "on", "SERVICE_CHECK_GRPC_USE_TLS": "off"},
+            {"grpc": {"GRPC": "10.0.0.5:8080"}},
+            id="GRPC on, TLS off",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TLS_SKIP_VERIFY": "off"},
+            {"http": {"HTTP": "http://10.0.0.5:8080/h"}},
+            id="TLS skip verify off",
+        ),
     ],
 )
 def test_tcp_and_grpc_checks(
@@ -282,6 +298,7 @@ def test_script_check_is_a_ttl_registrator_reports_to(interval: str, ttl: str) -
         pytest.param(
             "healthy", True, {"SERVICE_CHECK_DOCKER_HEALTH": "true"}, "critical", id="label true"
         ),
+        pytest.param("healthy", True, {"SERVICE_CHECK_DOCKER_HEALTH": "off"}, None, id="label off"),
     ],
 )
 def test_docker_health_check(
@@ -452,6 +469,20 @@ def test_check_id() -> None:
             "label SERVICE_CHECK_FAILURES_BEFORE_CRITICAL",
             ["tcp"],
             id="word threshold ignored",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_GRPC": "1", "SERVICE_CHECK_GRPC_USE_TLS": "please"},
+            {},
+            "label SERVICE_CHECK_GRPC_USE_TLS",
+            ["grpc"],
+            id="not a boolean word: TLS not used",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/", "SERVICE_CHECK_TLS_SKIP_VERIFY": "si"},
+            {},
+            "label SERVICE_CHECK_TLS_SKIP_VERIFY",
+            ["http"],
+            id="not a boolean word: TLS verified",
         ),
     ],
 )
