@@ -39,6 +39,8 @@ class CheckRunner:
         # releases the runner, instead of exec'ing into nothing every interval.
         self.on_unknown_check: Callable[[str], None] = lambda check_id: None
         self.on_container_gone: Callable[[str], None] = lambda container_id: None
+        # check id → the ACL refusal last logged for its updates.
+        self._refused: dict[str, str] = {}
 
     async def report(self, update: CheckUpdate) -> None:
         """Send a check result (PUT /v1/agent/check/update/:id), skipping writes that would
@@ -64,8 +66,16 @@ class CheckRunner:
                 self._sent.pop(update.check_id, None)
                 self.on_unknown_check(update.check_id)
                 return
+            if err.forbidden:
+                # The policy was narrowed under a registered service: said once per check
+                # and reason, not at every heartbeat; the update is sent again next time.
+                if self._refused.get(update.check_id) != str(err):
+                    self._refused[update.check_id] = str(err)
+                    self.status.error("consul", f"update check {update.check_id}: {err}")
+                return
             self.status.error("consul", f"update check {update.check_id}: {err}", err.transient)
             return
+        self._refused.pop(update.check_id, None)
         self.status.answered("consul")
         self._sent[update.check_id] = (update.status, update.output, self.timing.clock())
 
@@ -77,6 +87,7 @@ class CheckRunner:
         """The service was (re-)registered or removed: its checks start from scratch."""
         for check in service.checks if service else ():
             self._sent.pop(check.check_id, None)
+            self._refused.pop(check.check_id, None)
 
     def sync_scripts(self, registered: Mapping[str, Service], service_ids: Iterable[str]) -> None:
         """Start, restart or stop the script runners of the services one reconcile touched.

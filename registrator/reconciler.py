@@ -439,6 +439,12 @@ class Reconciler:
     def _consul_forgot(self, check_id: str) -> None:
         """A TTL update answered "unknown check": Consul lost its state (restarted without
         data). A full reconcile lists what it holds now and registers what is missing."""
+        if not any(
+            check.check_id == check_id
+            for service in self.ledger.registered.values()
+            for check in service.checks
+        ):
+            return  # a late update of a service just deregistered: nothing was lost
         if not self._state_lost_said:
             self._state_lost_said = True
             log.warning(
