@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shlex
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
@@ -636,7 +635,7 @@ class Reconciler:
         )
         refresh_after = _refresh_after(check)
         try:
-            command = shlex.split(service.script)
+            command = checks_mod.script_command(service.script)
         except ValueError as err:
             await self.update_check(check.check_id, "critical", f"cannot parse script: {err}")
             return

@@ -28,6 +28,8 @@ PURE = (
     "containers",
     "connect",
     "swarm",
+    "addresses",
+    "ids",
 )
 IO_MODULES = frozenset(
     {"aiohttp", "asyncio", "docker", "socket", "subprocess", "tenacity", "prometheus_client"}
