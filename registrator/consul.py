@@ -95,9 +95,13 @@ class ConsulClient:
         if method != "GET":
             self.writes += 1
         try:
-            async with self._client().request(method, url, json=body, params=params) as resp:
+            # No redirects: Consul's router answers a path it cleaned (`a/../b`) with a 301 to
+            # another id's path, and following it would act on that other service.
+            async with self._client().request(
+                method, url, json=body, params=params, allow_redirects=False
+            ) as resp:
                 text = await resp.text()
-                if resp.status >= 400:
+                if resp.status >= 300:
                     raise ConsulError(
                         f"{method} {path}: HTTP {resp.status}: {text.strip()[:300]}",
                         status=resp.status,
