@@ -120,11 +120,13 @@ def unreadable(paths: Sequence[str], groups: Sequence[int]) -> set[str]:
     return set(answer.split("\0")) - {""}
 
 
-def private_copies(files: Sequence[tuple[str, str, str]]) -> list[str]:
+def private_copies(
+    files: Sequence[tuple[str, str, str]], parents: Sequence[str] = COPY_DIRS
+) -> list[str]:
     """Copies each (env, flag, path) into a new directory only uid 10001 can read; returns the
     flags that point the agent at the copies. Raises OSError if no directory can take them."""
     errors = []
-    for parent in COPY_DIRS:
+    for parent in parents:
         try:
             directory = tempfile.mkdtemp(prefix="registrator-secrets-", dir=parent)
         except OSError as err:
