@@ -171,6 +171,17 @@ def _reserved_port() -> Iterator[int]:
         return
 
 
+def routed_source_address() -> str:
+    """The host's primary address as the kernel picks it for the default route: connect() on
+    a UDP socket chooses a route and a source address and sends no packet at all. Found this
+    way, independently of the agent's reading of /proc; tests compare with it, never send to
+    it (it is this machine's LAN address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("198.51.100.1", 9))  # TEST-NET-2: only the default route leads there
+        address: str = probe.getsockname()[0]
+    return address
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct ports on 127.0.0.1, each free for TCP and UDP when returned.
 

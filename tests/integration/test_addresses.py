@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import secrets
-import socket
 from collections.abc import Callable
 
 import pytest
@@ -31,22 +30,10 @@ from tests.helpers import (
     free_port,
     host_port,
     http_get_text,
+    routed_source_address,
 )
 from tests.helpers_cli import run_cli
 from tests.integration.conftest import StartAgent
-
-# TEST-NET-2: never assigned, so only the default route leads there.
-UNROUTED = "198.51.100.1"
-
-
-def routed_source_address() -> str:
-    """The host's primary address as the kernel picks it, found independently of the agent's
-    /proc parsing: connect() on a UDP socket chooses a route and a source address and sends
-    no packet at all."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((UNROUTED, 9))
-        address: str = probe.getsockname()[0]
-    return address
 
 
 def warnings_about(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
