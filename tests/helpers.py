@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,6 +30,7 @@ from typing import Any, TypeVar, overload
 
 import docker
 import docker.errors
+import pytest
 from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.types import IPAMConfig, IPAMPool
@@ -169,6 +171,15 @@ def _reserved_port() -> Iterator[int]:
             udp.close()
             tcp.close()
         return
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
+    """The WARNING messages captured so far that contain every one of `words`."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.WARNING and all(w in record.getMessage() for w in words)
+    ]
 
 
 def routed_source_address() -> str:

@@ -31,17 +31,10 @@ from tests.helpers import (
     host_port,
     http_get_text,
     routed_source_address,
+    warnings_about,
 )
 from tests.helpers_cli import run_cli
 from tests.integration.conftest import StartAgent
-
-
-def warnings_about(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno == logging.WARNING and all(w in r.getMessage() for w in words)
-    ]
 
 
 async def test_loopback_consul_agent_gives_the_host_address_not_127(

@@ -34,6 +34,7 @@ from tests.helpers import (
     host_port,
     http_get_text,
     routed_source_address,
+    warnings_about,
 )
 from tests.integration.conftest import StartAgent
 
@@ -60,14 +61,6 @@ def expected_default_address(docker_client: docker.DockerClient, consul: ConsulA
         if address and not is_loopback(address):
             return address
     raise AssertionError("no default address at all")
-
-
-def warnings_about(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
-    return [
-        record.getMessage()
-        for record in caplog.records
-        if record.levelno == logging.WARNING and all(w in record.getMessage() for w in words)
-    ]
 
 
 # -- registration basics -----------------------------------------------------------------------

@@ -294,22 +294,7 @@ def _takes_over(key: str, in_labels: bool) -> bool:
     label that normalises to NAME/IGNORE/CHECK_TTL ties with ours (first one wins); an env var
     only wins when port-scoped; any IGNORE drops the service on purpose.
     """
-    probe = Container(
-        id="p",
-        name="p",
-        image="i",
-        hostname="h",
-        labels={key: "x"},
-        env={},
-        ports=(),
-        networks=(),
-        network_mode="default",
-        running=True,
-        paused=False,
-        restarting=False,
-        exit_code=0,
-    )
-    metadata = service_metadata(probe, 80)
+    metadata = service_metadata(dataclasses.replace(_PROBE, labels={key: "x"}), 80)
     overriding = {"NAME", "IGNORE", "CHECK_TTL"} if in_labels else {"IGNORE"}
     return bool(overriding & set(metadata.values)) or bool(
         {"NAME", "CHECK_TTL"} & metadata.port_scoped
