@@ -246,9 +246,13 @@ class Agent:
             f"Consul at {self.consul.endpoint}", self.consul.agent_self
         )
         self.consul_ok = True
-        self.identity, context = plan_context(
-            self.settings, info, consul_self, docker_version, await host_address(self.docker)
-        )
+        self.identity, context = plan_context(self.settings, info, consul_self, docker_version)
+        if not self.identity.default_address:
+            # Only now: reading the host's address costs a GET /networks that a locked-down
+            # socket proxy may not allow, and most deployments never get this far.
+            self.identity, context = plan_context(
+                self.settings, info, consul_self, docker_version, await host_address(self.docker)
+            )
         for warning in address_warnings(self.identity.address, self.settings.internal):
             log.warning("%s", warning)
         node, default_address = self.identity.node, self.identity.default_address

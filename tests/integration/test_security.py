@@ -380,6 +380,9 @@ READS = {
     "GET /containers/json",
     "GET /containers/{id}/json",
     "GET /events",
+    # Once at startup, when no Swarm or non-loopback Consul address is the node address (the
+    # Consul agent here is on loopback): are we in the host's network namespace?
+    "GET /networks",
 }
 EXEC = {"POST /containers/{id}/exec", "POST /exec/{id}/start", "GET /exec/{id}/json"}
 
