@@ -20,6 +20,7 @@ from collections.abc import Callable
 import pytest
 
 from registrator.addresses import is_loopback
+from tests.conftest import StartProcess
 from tests.helpers import (
     HTTPD_COMMAND,
     HTTPD_INDEX_MARKER,
@@ -31,6 +32,7 @@ from tests.helpers import (
     host_port,
     http_get_text,
     routed_source_address,
+    wait_until,
     warnings_about,
 )
 from tests.helpers_cli import run_cli
@@ -150,3 +152,31 @@ def test_explain_without_consul_shows_the_registration_and_what_its_address_wait
     (body,) = report["registrations"]
     assert body["Address"] == routed_source_address()
     assert report["default_address_source"] == "host address"
+
+
+def test_a_consul_agent_advertising_a_real_address_comes_before_the_host_address(
+    consul_factory: Callable[..., ConsulAgent],
+    containers: ContainerFactory,
+    docker_network: NetworkFactory,
+    start_process: StartProcess,
+) -> None:
+    # Chain step 2, the standard deployment: the local Consul agent advertises the host's
+    # address. Here that is a bridge network's gateway, an address of this host that is not
+    # its LAN address (nothing is sent to it).
+    network = docker_network.create()
+    gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+    consul = consul_factory(extra_args=["-advertise", gateway])
+    assert consul.get("/v1/agent/self")["Member"]["Addr"] == gateway
+    node = f"adv-{secrets.token_hex(3)}"
+    agent = start_process(node=node, consul=f"consul://{consul.http_addr}")
+    name = f"db-{secrets.token_hex(3)}"
+    db = containers.run(
+        "db", environment={"SERVICE_NAME": name}, ports={"6379/tcp": None}, network=network
+    )
+    entries = wait_until(
+        lambda: [e for e in consul.services().values() if e["Service"] == name],
+        timeout=20,
+        message=f"{name} was not registered",
+    )
+    assert [(e["Address"], e["Port"]) for e in entries] == [(gateway, host_port(db, "6379/tcp"))]
+    assert agent.lines_with("default address", gateway, "Consul agent address")
