@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import dataclass
 
 from registrator.labels import Metadata, flag
@@ -201,7 +202,7 @@ def build_checks(
         else:
             problem("CHECK_TTL", f"{ttl_value!r} is not a duration like 30s; check skipped")
 
-    script = metadata.get("CHECK_SCRIPT").strip()
+    script = with_service_address(metadata.get("CHECK_SCRIPT").strip(), target)
     script_interval = script_timeout = 0.0
     if script and common_ok:
         # Run by registrator inside the container (docker exec) and reported to this TTL
@@ -249,6 +250,34 @@ def _go_duration(seconds: int) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+# gliderlabs' placeholders (it replaced them before handing the script to Consul). The
+# braced form too; `$SERVICE_IPS` or `$SERVICE_PORT_X` are other variables, left alone.
+_PLACEHOLDER = re.compile(r"\$(?:\{(SERVICE_IP|SERVICE_PORT)\}|(SERVICE_IP|SERVICE_PORT)(?!\w))")
+
+
+def with_service_address(script: str, target: Target) -> str:
+    """`$SERVICE_IP` / `$SERVICE_PORT` (or `${…}`) → the registered address and port."""
+    values = {"SERVICE_IP": target.address, "SERVICE_PORT": str(target.port)}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1) or m.group(2)], script)
+
+
+# Characters that mean something only to a shell: pipes, lists, redirections, expansions,
+# globs, comments, grouping. A script without any of them runs the same with or without one.
+_SHELL_SYNTAX = frozenset("|&;<>()$`*?[]{}~#!\n")
+
+
+def script_command(script: str) -> list[str]:
+    """The argv registrator execs in the container for SERVICE_CHECK_SCRIPT.
+
+    A script that uses shell syntax runs as `sh -c SCRIPT`, as Consul ran gliderlabs' script
+    checks; a plain command runs directly (split as a shell would split it), so it also works
+    in images that have no shell. Raises ValueError for unbalanced quotes in a plain command.
+    """
+    if any(char in _SHELL_SYNTAX for char in script):
+        return ["sh", "-c", script]
+    return shlex.split(script)
 
 
 def _script_ttl(interval: str) -> str:

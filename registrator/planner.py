@@ -7,11 +7,14 @@ options) arrives in a PlanContext, and everything it cannot honour leaves as a P
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from registrator import checks as checks_mod
+from registrator.addresses import is_loopback
 from registrator.connect import build_connect
+from registrator.ids import unaddressable
 from registrator.labels import (
     IP_OPT_IN,
     Metadata,
@@ -217,14 +220,26 @@ def _endpoints(
     for port in ports:
         binding = _pick_binding(port)
         if binding is not None:
-            address = _published_address(binding, ctx)
-            if not address and binding.host_ip == "::":
+            if is_loopback(binding.host_ip):
+                # `-p 127.0.0.1:8080:80` was asked for: the port is served there and nowhere
+                # else, so -ip or the node address would name a port nothing listens on.
                 problems.add(
-                    f"port {port.port}/{port.protocol}",
-                    "published on IPv6 (::) only and no IPv6 address of this host is known "
-                    "(set -ip to one); not registered",
+                    f"published port {binding.host_ip}:{binding.host_port}->{port.port}/"
+                    f"{port.protocol}",
+                    "published on a loopback address only: registered at it, so it is "
+                    "reachable from this host only (publish on 0.0.0.0 or a LAN address to "
+                    "serve other hosts)",
                 )
-                continue
+                address = binding.host_ip
+            else:
+                address = _published_address(binding, ctx)
+                if not address and binding.host_ip == "::":
+                    problems.add(
+                        f"port {port.port}/{port.protocol}",
+                        "published on IPv6 (::) only and no IPv6 address of this host is known "
+                        "(set -ip to one); not registered",
+                    )
+                    continue
             endpoints.append(_Endpoint(port.port, port.protocol, address, binding.host_port))
             continue
         # Published through the routing mesh: every node answers on the published port, so
@@ -245,10 +260,13 @@ def _preferred_network(base: Metadata, ctx: PlanContext) -> tuple[str, str]:
 def _pick_binding(port: ContainerPort) -> PortBinding | None:
     """Docker lists a 0.0.0.0 and a :: binding for one `-p`; one registration serves both.
 
-    A specific IPv4 binding is the most deliberate choice, then any IPv4, then IPv6.
+    A specific IPv4 binding is the most deliberate choice, then any IPv4, then IPv6, and a
+    loopback one only when there is nothing else.
     """
 
     def rank(binding: PortBinding) -> int:
+        if is_loopback(binding.host_ip):
+            return 3  # serves this host only: the last choice
         if ":" in binding.host_ip:
             return 2
         return 0 if _is_specific(binding.host_ip) else 1
@@ -345,19 +363,26 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
     default_name = default_service_name(container)
     global_tags = parse_tags(expand_template(ctx.settings.tags, container, ctx.node))
 
-    services: list[Service] = []
-    seen_ids: set[str] = set()
+    wanted: list[tuple[_Endpoint, Metadata, str]] = []
     for endpoint in endpoints:
         metadata = service_metadata(container, endpoint.container_port, endpoint.protocol)
         if is_true_ignore(metadata.get("IGNORE")):
             continue
         if ctx.settings.explicit and not metadata.get("NAME").strip():
             continue
+        service_id = _service_id(container, ctx, metadata, endpoint, len(endpoints) > 1)
+        wanted.append((endpoint, metadata, service_id))
+    ids = distinct_ids([(service_id, _suffix(endpoint)) for endpoint, _, service_id in wanted])
+    _report_renamed(wanted, ids, problems)
+
+    services: list[Service] = []
+    for (endpoint, metadata, _), service_id in zip(wanted, ids, strict=True):
         service = _service(
             container,
             ctx,
             metadata,
             endpoint,
+            service_id,
             len(endpoints) > 1,
             default_name,
             global_tags,
@@ -366,12 +391,86 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
         )
         if service is None:
             continue
-        if service.id in seen_ids:
-            problems.add(metadata.origin("ID"), f"service id {service.id!r} used twice; skipped")
+        refused = _unaddressable(service)
+        if refused:
+            problems.add(metadata.origin("ID"), f"{refused}; not registered")
             continue
-        seen_ids.add(service.id)
         services.append(service)
     return ContainerPlan(tuple(services), tuple(problems.items))
+
+
+def _unaddressable(service: Service) -> str:
+    """Why Consul could never deregister (or update) what this registration writes, if so."""
+    named = [("service id", service.id)] + [("check id", c.check_id) for c in service.checks]
+    for what, value in named:
+        reason = unaddressable(value)
+        if reason:
+            shown = value if len(value) <= 80 else f"{value[:80]}…"
+            return f"{what} {shown!r} {reason}"
+    return ""
+
+
+def _suffix(endpoint: _Endpoint) -> str:
+    """What tells one port of a container from its others: `80`, `53:udp`, `9:sctp`."""
+    protocol = "" if endpoint.protocol == "tcp" else f":{endpoint.protocol}"
+    return f"{endpoint.container_port}{protocol}"
+
+
+def _service_id(
+    container: Container, ctx: PlanContext, metadata: Metadata, endpoint: _Endpoint, several: bool
+) -> str:
+    service_id = metadata.get("ID").strip()
+    if service_id and several and "ID" not in metadata.port_scoped:
+        # A container-wide SERVICE_ID on several ports would make every port overwrite the
+        # previous one in Consul; suffixing keeps each registration distinct.
+        return f"{service_id}:{_suffix(endpoint)}"
+    if service_id:
+        return service_id
+    # A VIP registration belongs to the swarm, not to the node whose agent writes it: the
+    # next leader's agent must write the same id, not a second entry.
+    owner = "swarm" if is_vip_key(container.id) else ctx.node
+    return f"{owner}:{container.name}:{_suffix(endpoint)}"
+
+
+def distinct_ids(wanted: Sequence[tuple[str, str]]) -> list[str]:
+    """One id per registration of a container, none shared: `wanted` is (id, suffix) pairs.
+
+    Registrations that want the same id (`SERVICE_53_ID=dns` applies to 53/tcp and 53/udp;
+    `SERVICE_80_ID=web` and `SERVICE_443_ID=web`) each get their own suffix appended, all of
+    them, so which one keeps the bare id never depends on order. Suffixes are distinct per
+    container, so each round ends the clashes it started with; a result that clashes with
+    another id wanted as such is suffixed again in the next round.
+    """
+    ids = [service_id for service_id, _ in wanted]
+    for _ in range(len(ids)):
+        counts = Counter(ids)
+        clashing = [index for index, service_id in enumerate(ids) if counts[service_id] > 1]
+        if not clashing:
+            break
+        for index in clashing:
+            ids[index] = f"{ids[index]}:{wanted[index][1]}"
+    return ids
+
+
+def _report_renamed(
+    wanted: Sequence[tuple[_Endpoint, Metadata, str]], ids: Sequence[str], problems: _Problems
+) -> None:
+    renamed: dict[str, list[str]] = {}
+    origins: dict[str, list[str]] = {}
+    for (endpoint, metadata, service_id), final in zip(wanted, ids, strict=True):
+        if final != service_id:
+            renamed.setdefault(service_id, []).append(
+                f"{endpoint.container_port}/{endpoint.protocol} as {final!r}"
+            )
+            keys = origins.setdefault(service_id, [])
+            if metadata.origin("ID") not in keys:
+                keys.append(metadata.origin("ID"))
+    for service_id, registrations in renamed.items():
+        problems.add(
+            ", ".join(origins[service_id]),
+            f"service id {service_id!r} is wanted by several ports; each keeps a registration "
+            f"of its own: {', '.join(registrations)}",
+        )
 
 
 def _service(
@@ -379,6 +478,7 @@ def _service(
     ctx: PlanContext,
     metadata: Metadata,
     endpoint: _Endpoint,
+    service_id: str,
     several: bool,
     default_name: str,
     global_tags: list[str],
@@ -386,22 +486,9 @@ def _service(
     problems: _Problems,
 ) -> Service | None:
     udp = endpoint.protocol == "udp"
-    suffix = f"{endpoint.container_port}" + (":udp" if udp else "")
-
     name = metadata.get("NAME").strip() or default_name
     if several and "NAME" not in metadata.port_scoped:
         name = f"{name}-{endpoint.container_port}"
-
-    service_id = metadata.get("ID").strip()
-    if service_id and several and "ID" not in metadata.port_scoped:
-        # A container-wide SERVICE_ID on several ports would make every port overwrite the
-        # previous one in Consul; suffixing keeps each registration distinct.
-        service_id = f"{service_id}:{suffix}"
-    if not service_id:
-        # A VIP registration belongs to the swarm, not to the node whose agent writes it: the
-        # next leader's agent must write the same id, not a second entry.
-        owner = "swarm" if is_vip_key(container.id) else ctx.node
-        service_id = f"{owner}:{container.name}:{suffix}"
 
     own_address, address_problems = address_override(
         metadata, container, ctx.settings.use_ip_from_label
@@ -410,7 +497,10 @@ def _service(
     address = own_address or label_address or endpoint.address
     if not address:
         problems.add(
-            "address", "no address known for this service (set -ip or REGISTRATOR_IP); skipped"
+            "-ip",
+            f"port {endpoint.container_port}/{endpoint.protocol}: no address to register it "
+            "at (the Swarm node, the Consul agent and the host gave none that is not loopback; "
+            "see the startup warning): not registered until -ip (REGISTRATOR_IP) is set",
         )
         return None
 

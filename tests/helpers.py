@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,6 +30,7 @@ from typing import Any, TypeVar, overload
 
 import docker
 import docker.errors
+import pytest
 from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.types import IPAMConfig, IPAMPool
@@ -193,6 +195,26 @@ def _reserved_port() -> Iterator[int]:
             udp.close()
             tcp.close()
         return
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
+    """The WARNING messages captured so far that contain every one of `words`."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.WARNING and all(w in record.getMessage() for w in words)
+    ]
+
+
+def routed_source_address() -> str:
+    """The host's primary address as the kernel picks it for the default route: connect() on
+    a UDP socket chooses a route and a source address and sends no packet at all. Found this
+    way, independently of the agent's reading of /proc; tests compare with it, never send to
+    it (it is this machine's LAN address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("198.51.100.1", 9))  # TEST-NET-2: only the default route leads there
+        address: str = probe.getsockname()[0]
+    return address
 
 
 def free_ports(count: int) -> list[int]:

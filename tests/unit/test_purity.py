@@ -31,6 +31,8 @@ PURE = (
     "events",
     "plan",
     "vocabulary",
+    "addresses",
+    "ids",
 )
 IO_MODULES = frozenset(
     {"aiohttp", "asyncio", "docker", "socket", "subprocess", "tenacity", "prometheus_client"}
