@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from registrator import __version__
 from registrator.consul import ConsulClient, ConsulError
 from registrator.containers import as_dict
 from registrator.docker import CONTAINER_EVENTS, DockerClient, DockerError
+from registrator.node_heartbeat import NodeHeartbeat, NodeReaper
 from registrator.planner import PlanContext
 from registrator.reconciler import Reconciler
 from registrator.settings import Settings
@@ -138,6 +142,8 @@ def plan_context(
         docker_health=settings.docker_health,
         docker_health_initial=settings.docker_health_initial,
         swarm_vip=settings.swarm_vip,
+        node_ttl=settings.node_ttl,
+        node_reap_after=settings.node_reap_after if settings.node_ttl else 0,
     )
     return identity, context
 
@@ -182,6 +188,8 @@ class Agent:
         self._since: str | None = None
         self._stream_state = ""  # for logging only state changes
         self._background: set[asyncio.Task[None]] = set()
+        self.heartbeat: NodeHeartbeat | None = None
+        self.reaper: NodeReaper | None = None
 
     @property
     def ready(self) -> bool:
@@ -227,7 +235,9 @@ class Agent:
             self.settings.deregister,
             swarm_manager_id=manager_node_id(info),
             in_swarm=in_swarm(info),
+            watch_leader=self.settings.swarm_reap_after > 0,
         )
+        self._node_liveness(info)
         for note in swarm_notes(self.settings, info):
             log.warning("%s", note)
         log.info(
@@ -241,11 +251,35 @@ class Agent:
         )
         return self.identity
 
+    def _node_liveness(self, info: dict[str, Any]) -> None:
+        """-node-ttl and -swarm-reap-after: this node's heartbeat, the leader's reaper."""
+        assert self.identity is not None
+        node = self.identity.node
+        if self.settings.node_ttl:
+            holder = (
+                f"registrator {__version__} on node {node} "
+                f"(host {socket.gethostname()}, pid {os.getpid()})"
+            )
+            self.heartbeat = NodeHeartbeat(
+                self.consul,
+                node,
+                self.settings.node_ttl,
+                self.settings.node_reap_after,
+                holder,
+                self.identity.default_address,
+                str(as_dict(info.get("Swarm")).get("NodeID") or "") if in_swarm(info) else "",
+            )
+        if self.settings.swarm_reap_after and in_swarm(info):
+            self.reaper = NodeReaper(self.docker, self.consul, node, self.settings.swarm_reap_after)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then finish in-flight work and return."""
         if self.reconciler is None:
             await self.start()
         assert self.reconciler is not None
+        if self.heartbeat is not None:
+            # Before any service that aliases it: an alias on a missing service is critical.
+            await self.heartbeat.register()
         tasks = [
             asyncio.create_task(self._follow_events(), name="events"),
             asyncio.create_task(self._full_reconciles(), name="reconcile"),
@@ -254,6 +288,8 @@ class Agent:
             tasks.append(asyncio.create_task(self._resync_timer(), name="resync"))
         if self.settings.ttl > 0:
             tasks.append(asyncio.create_task(self._ttl_heartbeats(), name="ttl"))
+        if self.heartbeat is not None:
+            tasks.append(asyncio.create_task(self.heartbeat.run(), name="node-heartbeat"))
         stopped = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -269,6 +305,14 @@ class Agent:
                 await asyncio.wait_for(self.reconciler.idle(), timeout=3.0)
                 if self.settings.deregister_on_exit:
                     await asyncio.wait_for(self.reconciler.deregister_all(), timeout=1.5)
+                if self.heartbeat is not None:
+                    # A restart then has the whole TTL to beat again; a removal is final.
+                    await asyncio.wait_for(
+                        self.heartbeat.deregister()
+                        if self.settings.deregister_on_exit
+                        else self.heartbeat.beat(stopping=True, register_if_missing=False),
+                        timeout=1.5,
+                    )
             except TimeoutError:
                 log.warning("shutdown: in-flight work did not finish in time; exiting anyway")
             await self.reconciler.close()
@@ -297,6 +341,11 @@ class Agent:
             self._full_requested.clear()
             ok = await self.reconciler.full_reconcile()
             self.consul_ok = self.reconciler.consul_up
+            if self.reaper is not None:
+                if self.reconciler.swarm_leader:
+                    await self.reaper.reap()
+                else:
+                    self.reaper.forget()
             if ok:
                 backoff = 0.5
                 continue

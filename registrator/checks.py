@@ -19,6 +19,7 @@ SCRIPT_TIMEOUT_SECONDS = 30.0
 SCRIPT_KIND = "script"
 DOCKER_HEALTH_KIND = "docker-health"
 TTL_HEARTBEAT_KIND = "registrator-ttl"
+NODE_ALIAS_KIND = "registrator-node"
 
 # Go's time.ParseDuration, as Consul reads durations: "10s", "1m30s", "1.5h", "250ms".
 # A bare "0" is the only unitless form, and only on its own ("00" and "1s0" are errors).
@@ -99,7 +100,12 @@ def build_checks(
     docker_health: bool,
     docker_health_initial: str,
     ttl: int,
+    node_heartbeat: str = "",
+    node_reap_after: int = 0,
 ) -> ChecksResult:
+    """The service's checks; `node_heartbeat` is the id of the node's heartbeat service to
+    alias (empty: none) and `node_reap_after` the seconds Consul waits, once that alias is
+    critical, before it removes the service (0: never)."""
     checks: list[Check] = []
     problems: list[Problem] = []
 
@@ -237,6 +243,17 @@ def build_checks(
             {"TTL": f"{ttl}s", "Status": "passing"},
             probing=False,
         )
+    if node_heartbeat:
+        # Consul evaluates the alias itself, on the agent that holds both services: when the
+        # node's agent stops beating, every service it registered turns critical at once.
+        fields = {
+            "AliasService": node_heartbeat,
+            "Notes": "critical while the registrator agent that registered this service is not "
+            "heartbeating (its node or the agent is down)",
+        }
+        if node_reap_after:
+            fields["DeregisterCriticalServiceAfter"] = f"{node_reap_after}s"
+        add(NODE_ALIAS_KIND, f"registrator node {node_heartbeat}", fields, probing=False)
     return ChecksResult(tuple(checks), tuple(problems), script, script_interval, script_timeout)
 
 

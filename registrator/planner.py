@@ -37,6 +37,7 @@ from registrator.model import (
     Service,
 )
 from registrator.payload import payload_hash
+from registrator.reaping import heartbeat_service_id
 from registrator.settings import DeregisterMode
 from registrator.swarm import is_vip_key, task_service_id
 
@@ -62,6 +63,9 @@ class PlanContext:
     # -swarm-vip: Swarm services are registered once at their virtual IP (by the leader's
     # agent), so their task containers are not registered one by one.
     swarm_vip: bool = False
+    # -node-ttl / -node-reap-after: seconds; every service aliases the node's heartbeat.
+    node_ttl: int = 0
+    node_reap_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -403,6 +407,8 @@ def _service(
         docker_health=ctx.docker_health,
         docker_health_initial=ctx.docker_health_initial,
         ttl=ctx.ttl,
+        node_heartbeat=heartbeat_service_id(ctx.node) if ctx.node_ttl else "",
+        node_reap_after=ctx.node_reap_after,
     )
     problems.items.extend(built.problems)
     if built.script and is_vip_key(container.id):

@@ -111,6 +111,7 @@ class Reconciler:
         deregister_mode: DeregisterMode = DeregisterMode.ALWAYS,
         swarm_manager_id: str = "",
         in_swarm: bool = False,
+        watch_leader: bool = False,
     ) -> None:
         self.docker = docker
         self.consul = consul
@@ -123,6 +124,8 @@ class Reconciler:
         # plain Docker host pays one Docker call per full reconcile, not two.
         self.in_swarm = in_swarm or bool(swarm_manager_id)
         self.swarm_leader = False
+        # Also read leadership without -swarm-vip: the leader's agent reaps lost nodes.
+        self.watch_leader = watch_leader
         # False while the last full reconcile could not read Swarm's state: VIP registrations
         # are then left exactly as they are.
         self._swarm_readable = True
@@ -316,12 +319,16 @@ class Reconciler:
                     self._error("swarm", f"GET /services: {err}")
                     continue
                 services[service.id] = service
-            if self.context.swarm_vip:
+            if self.context.swarm_vip or self.watch_leader:
                 status = (await self.docker.node(manager_id)).get("ManagerStatus")
                 leader = isinstance(status, dict) and status.get("Leader") is True
-                self.swarm_leader = self._role_changed(
-                    "the Swarm leader", self.swarm_leader, leader, "writing VIP registrations"
+                duty = (
+                    "writing VIP registrations" if self.context.swarm_vip else "reaping lost nodes"
                 )
+                self.swarm_leader = self._role_changed(
+                    "the Swarm leader", self.swarm_leader, leader, duty
+                )
+            if self.context.swarm_vip:
                 await self._refresh_networks()
         except DockerError as err:
             self._error("swarm", f"full reconcile: cannot read Swarm state: {err}", True)

@@ -17,7 +17,7 @@ import pytest
 import registrator
 
 PACKAGE = Path(registrator.__file__).resolve().parent
-# connect.py and swarm.py are here because planner.py imports them.
+# connect.py, swarm.py and reaping.py are here because planner.py imports them.
 PURE = (
     "model",
     "labels",
@@ -28,6 +28,7 @@ PURE = (
     "containers",
     "connect",
     "swarm",
+    "reaping",
 )
 IO_MODULES = frozenset(
     {"aiohttp", "asyncio", "docker", "socket", "subprocess", "tenacity", "prometheus_client"}
