@@ -339,6 +339,10 @@ class Agent:
         while True:
             await self._full_requested.wait()
             self._full_requested.clear()
+            if self.heartbeat is not None and self.heartbeat.failing:
+                # Consul may be back empty: the heartbeat first, or the services registered
+                # now alias a missing service (critical) until the next beat.
+                await self.heartbeat.beat()
             ok = await self.reconciler.full_reconcile()
             self.consul_ok = self.reconciler.consul_up
             if self.reaper is not None:

@@ -65,6 +65,11 @@ class NodeHeartbeat:
     def interval(self) -> float:
         return self.ttl / 2
 
+    @property
+    def failing(self) -> bool:
+        """The last beat did not reach Consul (which may since have restarted empty)."""
+        return self._failing
+
     async def register(self) -> bool:
         """(Re)register the heartbeat, passing; False if Consul did not take it."""
         try:
