@@ -75,7 +75,15 @@ class NodeHeartbeat:
         try:
             await self.consul.register(self._body)
         except ConsulError as err:
-            self._failed(f"register node heartbeat {self.service_id}: {err}")
+            hint = ""
+            if err.status in {401, 403}:
+                # Every service aliases this heartbeat: without it they would all be critical.
+                hint = (
+                    " (the ACL token needs service:write on 'registrator' for the node "
+                    "heartbeat; without it every service's node alias check is critical: grant "
+                    "it, or set -node-ttl 0)"
+                )
+            self._failed(f"register node heartbeat {self.service_id}: {err}{hint}")
             return False
         return await self.beat(register_if_missing=False)
 
