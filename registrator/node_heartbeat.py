@@ -55,7 +55,8 @@ class NodeHeartbeat:
         self.ttl = ttl
         self.holder = holder  # who beats, for the check output: agent version, host, pid
         self._body = heartbeat_registration(node, ttl, reap_after, address, swarm_node_id)
-        self._failing = False  # for logging once per outage
+        self._failing = False  # the last beat did not reach Consul
+        self._warned = False  # and that was said (once per failure, not per beat)
 
     @property
     def service_id(self) -> str:
@@ -83,7 +84,7 @@ class NodeHeartbeat:
                     "heartbeat; without it every service's node alias check is critical: grant "
                     "it, or set -node-ttl 0)"
                 )
-            self._failed(f"register node heartbeat {self.service_id}: {err}{hint}")
+            self._failed(f"register node heartbeat {self.service_id}: {err}{hint}", err.transient)
             return False
         return await self.beat(register_if_missing=False)
 
@@ -94,15 +95,15 @@ class NodeHeartbeat:
             await self.consul.update_check(heartbeat_check_id(self.node), "passing", output)
         except ConsulError as err:
             if err.transient or not register_if_missing:
-                self._failed(f"node heartbeat {self.service_id}: {err}")
+                self._failed(f"node heartbeat {self.service_id}: {err}", err.transient)
                 return False
             log.warning(
                 "node heartbeat %s was not in Consul (%s): registering it", self.service_id, err
             )
             return await self.register()
-        if self._failing:
-            self._failing = False
+        if self._warned:
             log.info("node heartbeat %s beating again", self.service_id)
+        self._failing = self._warned = False
         return True
 
     async def run(self) -> None:
@@ -117,9 +118,14 @@ class NodeHeartbeat:
         except ConsulError as err:
             log.warning("could not deregister node heartbeat %s: %s", self.service_id, err)
 
-    def _failed(self, message: str) -> None:
-        # Consul being away is logged by the reconciler too; say it here once per outage.
-        (log.debug if self._failing else log.warning)("%s", message)
+    def _failed(self, message: str, transient: bool = False) -> None:
+        # Consul being unreachable is the reconciler's to report (once per outage); anything
+        # else is said here once, until a beat works again.
+        if self._warned or transient:
+            log.debug("%s", message)
+        else:
+            log.warning("%s", message)
+            self._warned = True
         self._failing = True
 
 
