@@ -130,7 +130,11 @@ class NodeHeartbeat:
 
 
 class NodeReaper:
-    """Deregisters the services of lost Swarm nodes; call `reap` only on the Swarm leader."""
+    """Deregisters the services of lost Swarm nodes; call `reap` only on the Swarm leader.
+
+    `grace` is the seconds a node must have been seen `down` (Docker's `GET /nodes`,
+    Status.State) before its services go.
+    """
 
     def __init__(self, docker: DockerClient, consul: ConsulClient, node: str, grace: float) -> None:
         self.docker = docker
@@ -138,7 +142,7 @@ class NodeReaper:
         self.node = node
         self.grace = grace
         self._down_since: dict[str, float] = {}  # Swarm node id → monotonic time first seen lost
-        self.reaped = 0  # services deregistered, for tests and metrics
+        self.reaped = 0  # services deregistered, for /metrics
 
     def forget(self) -> None:
         """No longer the leader: a later term starts every grace period afresh."""
