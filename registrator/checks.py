@@ -96,8 +96,11 @@ def build_checks(
     target: Target,
     container: Container,
     settings: Settings,
+    node_heartbeat: str = "",
 ) -> ChecksResult:
-    """The checks of one service; options read: -docker-health, -docker-health-initial, -ttl."""
+    """The checks of one service; options read: -docker-health, -docker-health-initial, -ttl,
+    -node-reap-after. `node_heartbeat` is the id of the node's heartbeat service to alias
+    (empty: none)."""
     checks: list[Check] = []
     problems: list[Problem] = []
 
@@ -239,6 +242,17 @@ def build_checks(
             {"TTL": f"{settings.ttl}s", "Status": "passing"},
             probing=False,
         )
+    if node_heartbeat:
+        # Consul evaluates the alias itself, on the agent that holds both services: when the
+        # node's agent stops beating, every service it registered turns critical at once.
+        fields = {
+            "AliasService": node_heartbeat,
+            "Notes": "critical while the registrator agent that registered this service is not "
+            "heartbeating (its node or the agent is down)",
+        }
+        if settings.node_reap_after:
+            fields["DeregisterCriticalServiceAfter"] = f"{settings.node_reap_after}s"
+        add(CheckKind.NODE_ALIAS, f"registrator node {node_heartbeat}", fields, probing=False)
     return ChecksResult(tuple(checks), tuple(problems), script, script_interval, script_timeout)
 
 

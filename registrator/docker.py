@@ -192,6 +192,13 @@ class DockerClient:
             raise DockerError(f"node {node_id[:12]}: unexpected answer")
         return answer
 
+    async def nodes(self) -> list[dict[str, Any]]:
+        """Every Swarm node (managers only; fails without a quorum)."""
+        answer = await self._request("GET", "/nodes")
+        if not isinstance(answer, list):
+            raise DockerError("GET /nodes: unexpected answer")
+        return [item for item in answer if isinstance(item, dict)]
+
     async def image(self, reference: str) -> dict[str, Any] | None:
         """An image's inspect document, or None if this engine does not have it."""
         return await self._document(f"/images/{quote(reference, safe='/:@')}/json")

@@ -69,6 +69,11 @@ class AgentCollector(Collector):
         )
         lag.add_metric([], stats.last_event_lag)
         yield lag
+        yield CounterMetricFamily(
+            "registrator_lost_node_deregistrations",
+            "services of lost Swarm nodes this agent deregistered as the Swarm leader",
+            value=agent.reaper.reaped if agent.reaper is not None else 0,
+        )
         owned = GaugeMetricFamily("registrator_owned_services", "services this node owns in Consul")
         owned.add_metric([], len(reconciler.owned_service_ids()))
         yield owned

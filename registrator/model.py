@@ -144,6 +144,7 @@ class CheckKind(StrEnum):
     SCRIPT = "script"  # run by registrator in the container, reported to a TTL check
     DOCKER_HEALTH = "docker-health"  # mirrors the container's Docker HEALTHCHECK
     HEARTBEAT = "registrator-ttl"  # -ttl: registrator itself is alive
+    NODE_ALIAS = "registrator-node"  # Consul aliases the node's heartbeat (-node-ttl)
 
     @property
     def reported_by_agent(self) -> bool:

@@ -43,6 +43,7 @@ from registrator.model import (
     Service,
 )
 from registrator.payload import payload_hash
+from registrator.reaping import heartbeat_service_id
 from registrator.settings import DeregisterMode, Settings
 from registrator.swarm import is_vip_key, task_service_id
 from registrator.vocabulary import expand_template, port_number
@@ -516,6 +517,7 @@ def _service(
         checks_mod.Target(address, endpoint.port),
         container,
         ctx.settings,
+        node_heartbeat=heartbeat_service_id(ctx.node) if ctx.settings.node_ttl else "",
     )
     problems.items.extend(built.problems)
     if built.script and is_vip_key(container.id):

@@ -55,7 +55,13 @@ class Reconciler:
         self.context = context
         self.status = status or Status()
         self.swarm = SwarmView(
-            docker, self.status, context.settings.swarm_vip, swarm_manager_id, in_swarm
+            docker,
+            self.status,
+            context.settings.swarm_vip,
+            swarm_manager_id,
+            in_swarm,
+            # The leader's agent reaps lost nodes (-swarm-reap-after), so it needs leadership.
+            watch_leader=context.settings.swarm_reap_after > 0,
         )
         self.checks = CheckRunner(docker, consul, self.status, timing or Timing())
         self.work = _scheduler(self)

@@ -554,8 +554,11 @@ async def test_bad_labels_are_logged_with_container_and_key_and_the_service_regi
 
     assert entry["Meta"]["owner"] == "team-a"
     assert "bad.key" not in entry["Meta"]
-    # The TCP check needs the malformed interval, so it is skipped rather than guessed.
-    assert [c for c in consul.checks().values() if c["ServiceID"] == service_id] == []
+    # The TCP check needs the malformed interval, so it is skipped rather than guessed (the
+    # node heartbeat's alias is not the container's check and stays).
+    assert [c["CheckID"] for c in consul.checks().values() if c["ServiceID"] == service_id] == [
+        f"service:{service_id}:registrator-node"
+    ]
     interval = warnings_about(caplog, app.name, "SERVICE_CHECK_INTERVAL", "banana")
     bad_key = warnings_about(caplog, app.name, "SERVICE_80_BAD.KEY")
     assert len(interval) == 1, caplog.text
