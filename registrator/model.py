@@ -1,7 +1,8 @@
 """Values that flow between the pure core and the I/O shell.
 
 Everything here is a frozen dataclass: the planner compares values, never identities, and a
-value read from Docker can be handed to several reconciles without anyone changing it.
+value read from Docker can be handed to several reconciles without anyone changing it. They
+have __slots__ (no per-instance __dict__): the reconciler keeps several per container.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ META_HASH = "registrator-hash"
 OWNER_META_KEYS = frozenset({META_SOURCE, META_NODE, META_CONTAINER, META_HASH})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortBinding:
     """One host binding of a container port (`-p HOSTIP:HOSTPORT:PORT`)."""
 
@@ -25,7 +26,7 @@ class PortBinding:
     host_port: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerPort:
     """A port the container exposes, with where (if anywhere) it is published."""
 
@@ -34,14 +35,14 @@ class ContainerPort:
     bindings: tuple[PortBinding, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkAttachment:
     name: str
     ip: str
     network_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SwarmPort:
     """One port a Swarm service publishes (`docker service create -p published:target`)."""
 
@@ -51,7 +52,7 @@ class SwarmPort:
     mode: str  # "ingress" (routing mesh, on every node) | "host" (only where a task runs)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SwarmService:
     """What a manager's `GET /services/{id}` says that a task container cannot.
 
@@ -70,7 +71,7 @@ class SwarmService:
     image: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Container:
     """What the planner needs of one `docker inspect` answer."""
 
@@ -93,7 +94,7 @@ class Container:
     swarm_service: SwarmService | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Problem:
     """Something about a container's metadata that we could not honour, and why.
 
@@ -109,7 +110,7 @@ class Problem:
         return f"container {self.container}: {self.key}: {self.reason}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Check:
     """One Consul check definition, already in Consul's JSON field names.
 
@@ -122,7 +123,7 @@ class Check:
     fields: Mapping[str, object] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     """One desired Consul service registration."""
 
@@ -142,7 +143,7 @@ class Service:
     script_timeout: float = 0.0  # seconds one script run may take (not sent either)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HeldService:
     """What we know Consul holds for one of our services."""
 
@@ -154,7 +155,7 @@ class HeldService:
     port: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     register: tuple[Service, ...] = ()
     deregister: tuple[str, ...] = ()
