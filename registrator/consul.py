@@ -100,21 +100,22 @@ class ConsulClient:
             async with self._client().request(
                 method, url, json=body, params=params, allow_redirects=False
             ) as resp:
-                text = await resp.text()
+                # Bytes straight to json.loads: no decoded copy of a large listing.
+                raw = await resp.read()
                 if resp.status >= 300:
+                    text = raw.decode(errors="replace")
                     raise ConsulError(
                         f"{method} {path}: HTTP {resp.status}: {text.strip()[:300]}",
                         status=resp.status,
                         transient=resp.status >= 500 or resp.status == 429,
                     )
-                if not text.strip():
+                if not raw.strip():
                     return None
                 try:
-                    return json.loads(text)
+                    return json.loads(raw)
                 except ValueError:
-                    raise ConsulError(
-                        f"{method} {path}: answer is not JSON: {text[:100]!r}"
-                    ) from None
+                    start = raw[:100].decode(errors="replace")
+                    raise ConsulError(f"{method} {path}: answer is not JSON: {start!r}") from None
         except TimeoutError as err:  # first: TimeoutError is an OSError since Python 3.3
             raise ConsulError(f"{method} {path}: no answer within {self._timeout:g} s") from err
         except (aiohttp.ClientError, OSError) as err:

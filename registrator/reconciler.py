@@ -161,10 +161,9 @@ class Reconciler:
                     fresh.setdefault(held.container_id, {})[held.id] = held
             states = {str(item["Id"]): str(item.get("State", "")) for item in listed}
             container_ids = set(states) | set(fresh) | set(self.ledger.held) | vip_keys
-            semaphore = asyncio.Semaphore(FULL_RECONCILE_CONCURRENCY)
 
             async def one(container_id: str) -> None:
-                async with semaphore, self.work.locks.hold(container_id):
+                async with self.work.locks.hold(container_id):
                     # An event-driven reconcile that wrote since the listing knows better than
                     # the listing; replacing its state would redo (and re-log) its writes.
                     if container_id not in self.ledger.applied_since_listing:
@@ -174,7 +173,15 @@ class Reconciler:
                     state = states.get(container_id)
                     await self._reconcile_locked(container_id, state, force_inspect=state is None)
 
-            await asyncio.gather(*(one(cid) for cid in container_ids))
+            # A few workers share one iterator rather than one task per container behind a
+            # semaphore: 500 waiting tasks and their frames were ~1.5 MB of the peak RSS.
+            pending = iter(container_ids)
+
+            async def worker() -> None:
+                for container_id in pending:
+                    await one(container_id)
+
+            await asyncio.gather(*(worker() for _ in range(FULL_RECONCILE_CONCURRENCY)))
             self.ledger.drop_empty(container_ids)
             self.stats.full_reconciles += 1
             self.stats.last_full_seconds = asyncio.get_running_loop().time() - started
@@ -351,9 +358,14 @@ class Reconciler:
                 self._reported_problems.pop(container_id, None)
             return
         current = frozenset(outcome.problems)
-        if self._reported_problems.get(container_id) == current:
+        if self._reported_problems.get(container_id, frozenset()) == current:
             return
-        self._reported_problems[container_id] = current
+        # Only containers with problems are remembered: an empty set for each of hundreds of
+        # healthy containers was ~0.2 KB apiece.
+        if current:
+            self._reported_problems[container_id] = current
+        else:
+            self._reported_problems.pop(container_id, None)
         for problem in sorted(current):
             log.warning("%s", problem)
 

@@ -21,6 +21,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,6 +118,30 @@ def test_metrics_are_prometheus_text_with_every_documented_family(
     assert samples["registrator_consul_writes_total"] >= 1
     assert samples["registrator_owned_services"] >= 1
     assert samples['registrator_reconciles_total{scope="full"}'] >= 1
+
+
+def test_health_server_answers_only_reads_of_its_two_paths(
+    consul_factory: Callable[..., ConsulAgent], start_process: StartProcess
+) -> None:
+    """aiohttp's low-level server has no router: the handler itself refuses the rest."""
+    consul = consul_factory()
+    agent = start_process(node=unique_node("ops"), consul=f"consul://{consul.http_addr}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for method, path, status in [
+        ("GET", "/health", 200),
+        ("HEAD", "/metrics", 200),
+        ("GET", "/", 404),
+        ("GET", "/health/extra", 404),
+        ("POST", "/health", 405),
+        ("DELETE", "/metrics", 405),
+    ]:
+        request = urllib.request.Request(agent.url(path), method=method)
+        try:
+            with opener.open(request, timeout=5) as response:
+                answered = response.status
+        except urllib.error.HTTPError as err:
+            answered = err.code
+        assert answered == status, (method, path, answered)
 
 
 @contextlib.contextmanager
