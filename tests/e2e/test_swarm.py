@@ -30,7 +30,10 @@ import pytest
 from tests.e2e.support import CACHE, docker_json, free_overlay_subnet, run, swarm_manager
 from tests.helpers import free_ports, wait_until
 
-pytestmark = pytest.mark.docker
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.engines("docker20", "docker29", reason="Podman has no Swarm mode"),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

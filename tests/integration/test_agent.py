@@ -30,6 +30,7 @@ from tests.helpers import (
     ContainerFactory,
     NetworkFactory,
     async_wait_until,
+    container_ip,
     host_port,
     http_get_text,
 )
@@ -67,6 +68,7 @@ def warnings_about(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
 # -- registration basics -----------------------------------------------------------------------
 
 
+@pytest.mark.podman_core
 async def test_published_port_is_registered_with_labels_and_ownership_then_removed(
     start_agent: StartAgent,
     containers: ContainerFactory,
@@ -124,6 +126,7 @@ async def test_published_port_is_registered_with_labels_and_ownership_then_remov
     assert running.of_containers(web.id) == {}
 
 
+@pytest.mark.podman_core
 async def test_internal_registers_container_ip_and_exposed_ports(
     start_agent: StartAgent,
     containers: ContainerFactory,
@@ -136,12 +139,13 @@ async def test_internal_registers_container_ip_and_exposed_ports(
         containers,
         "app",
         labels={"SERVICE_NAME": name},
-        # 80 published, 8080 only exposed (an empty binding list exposes without publishing).
-        ports={"80/tcp": None, "8080/tcp": []},
+        # 80 published, 8080 only exposed (no binding at all: every engine leaves it unpublished).
+        ports={"80/tcp": None},
+        expose=["8080/tcp"],
         network=network,
     )
     assert not app.attrs["NetworkSettings"]["Ports"].get("8080/tcp")
-    ip = app.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+    ip = container_ip(app, network.name)
     assert ipaddress.ip_address(ip) in subnet
 
     # Started after the container: the first full reconcile must find it.
@@ -157,6 +161,7 @@ async def test_internal_registers_container_ip_and_exposed_ports(
     assert set(running.of_containers(app.id)) == {web_id, admin_id}
 
 
+@pytest.mark.podman_core
 async def test_several_ports_get_suffixed_names_and_udp_ids_and_tags(
     start_agent: StartAgent, containers: ContainerFactory
 ) -> None:
@@ -562,6 +567,7 @@ async def test_bad_labels_are_logged_with_container_and_key_and_the_service_regi
     assert len(bad_key) == 1, caplog.text
 
 
+@pytest.mark.podman_core
 async def test_docker_healthcheck_is_mirrored_as_a_consul_check(
     start_agent: StartAgent, containers: ContainerFactory, consul: ConsulAgent
 ) -> None:

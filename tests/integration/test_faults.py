@@ -34,7 +34,7 @@ from docker.models.containers import Container
 
 from bench.docker_proxy import ThreadedDockerProxy
 from tests.conftest import StartProcess
-from tests.helpers import ConsulAgent, ContainerFactory, free_port, wait_until
+from tests.helpers import ConsulAgent, ContainerFactory, docker_socket, free_port, wait_until
 from tests.helpers_cli import (
     REPO,
     RegistratorProcess,
@@ -546,6 +546,7 @@ def short_tmp() -> Iterator[Path]:
         yield Path(path)
 
 
+@pytest.mark.podman_core
 def test_docker_going_away_and_back_is_followed_by_a_full_catch_up(
     short_tmp: Path,
     containers: ContainerFactory,
@@ -555,7 +556,7 @@ def test_docker_going_away_and_back_is_followed_by_a_full_catch_up(
 ) -> None:
     consul = consul_factory()
     node = unique_node()
-    proxy = ThreadedDockerProxy(short_tmp / "docker.sock")
+    proxy = ThreadedDockerProxy(short_tmp / "docker.sock", upstream=docker_socket())
     proxy.start()
     try:
         # -resync 0: only the reconnect itself can catch up with what happened meanwhile.
