@@ -19,6 +19,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -560,9 +561,7 @@ class NetworkFactory:
             gateway = str(next(subnet.hosts()))
             ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet), gateway=gateway)])
             try:
-                network = self._client.networks.create(
-                    name, driver="bridge", ipam=ipam, labels=all_labels, **kwargs
-                )
+                network = self._create(name, ipam, all_labels, **kwargs)
             except docker.errors.APIError as exc:
                 # Another test run on the same daemon took this subnet after we listed them.
                 if "overlap" not in str(exc).lower():
@@ -573,6 +572,22 @@ class NetworkFactory:
             network.reload()
             return network
         raise RuntimeError(f"no free /24 left in {NETWORK_POOL}: {last_error}")
+
+    def _create(
+        self, name: str, ipam: IPAMConfig, labels: Mapping[str, str], **kwargs: Any
+    ) -> Network:
+        for attempt in range(5):
+            try:
+                return self._client.networks.create(
+                    name, driver="bridge", ipam=ipam, labels=labels, **kwargs
+                )
+            except docker.errors.APIError as exc:
+                # Podman (CNI) lists the host's routes to check the subnet; an interface that
+                # another engine removes meanwhile fails that listing. Asking again works.
+                if "no such network interface" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
 
     def remove_all(self) -> None:
         for network in reversed(self.created):
@@ -675,6 +690,36 @@ class ContainerFactory:
                 errors.append(f"{container.name}: {exc}")
         self.created.clear()
         return errors
+
+
+@contextlib.contextmanager
+def health_probes(container: Container, interval: float = 0.5) -> Iterator[None]:
+    """Makes the engine run `container`'s HEALTHCHECK for the block.
+
+    Docker runs it by itself. Podman hands the schedule to a systemd timer, and this sandbox has
+    no systemd: its health stays "starting" unless something runs the probe, which is what
+    this does through Podman's own API (the same as `podman healthcheck run`), standing in
+    for that timer. Podman 4.3 then sends one `health_status` event per probe.
+    """
+    if os.environ.get("REGISTRATOR_TEST_ENGINE") != "podman":
+        yield
+        return
+    stop = threading.Event()
+    api = container.client.api
+    url = api.base_url + f"/v4.0.0/libpod/containers/{container.id}/healthcheck"
+
+    def probe() -> None:
+        while not stop.wait(interval):
+            with contextlib.suppress(Exception):  # the container may be going away
+                api.get(url, timeout=10)
+
+    thread = threading.Thread(target=probe, name=f"health {container.name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=15)
 
 
 def container_ip(container: Container, network: str | None = None) -> str:

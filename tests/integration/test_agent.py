@@ -31,6 +31,7 @@ from tests.helpers import (
     NetworkFactory,
     async_wait_until,
     container_ip,
+    health_probes,
     host_port,
     http_get_text,
 )
@@ -159,6 +160,38 @@ async def test_internal_registers_container_ip_and_exposed_ports(
         (f"{name}-8080", ip, 8080),
     }
     assert set(running.of_containers(app.id)) == {web_id, admin_id}
+
+
+@pytest.mark.podman_core
+async def test_containers_removed_before_their_inspect_are_gone_not_an_outage(
+    start_agent: StartAgent, containers: ContainerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Engines say "no such container" differently (Docker: 404; Podman: HTTP 500): either
+    way the container is gone, which is no error and no sign of Docker being down."""
+    caplog.set_level(logging.INFO, logger="registrator")
+    running = await start_agent()
+    name = unique("shortlived")
+    keeper = await run(containers, "keeper", labels={"SERVICE_NAME": name}, ports={"80/tcp": None})
+    keeper_id = running.service_id(keeper.name, 80)
+    await running.wait_registered(keeper_id)
+
+    # Started and removed at once: the agent's inspect on `start` races the removal, and
+    # ends up asking about containers that no longer exist.
+    short_ids = []
+    for index in range(6):
+        box = await run(
+            containers, f"gone{index}", labels={"SERVICE_NAME": name}, ports={"80/tcp": None}
+        )
+        await asyncio.to_thread(box.remove, force=True)
+        short_ids.append(running.service_id(box.name, 80))
+    await running.wait_deregistered(*short_ids)
+    await running.full_reconcile()
+
+    assert running.agent.docker_ok
+    assert running.of_containers(keeper.id).keys() == {keeper_id}
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors
+    assert not [r for r in caplog.records if "reachable" in r.getMessage()], caplog.text
 
 
 @pytest.mark.podman_core
@@ -593,17 +626,18 @@ async def test_docker_healthcheck_is_mirrored_as_a_consul_check(
         assert not check or check["ServiceID"] == service_id
         return str(check.get("Status", "(no check)"))
 
-    await async_wait_until(
-        lambda: status() == "passing",
-        message=f"{check_id} did not go passing; it is {status()}",
-    )
+    with health_probes(app):
+        await async_wait_until(
+            lambda: status() == "passing",
+            message=f"{check_id} did not go passing; it is {status()}",
+        )
 
-    result = await asyncio.to_thread(app.exec_run, ["sh", "-c", "echo > /tmp/sick"])
-    assert result.exit_code == 0, result.output
-    await async_wait_until(
-        lambda: status() == "critical",
-        message=f"{check_id} did not go critical when Docker said unhealthy; it is {status()}",
-    )
+        result = await asyncio.to_thread(app.exec_run, ["sh", "-c", "echo > /tmp/sick"])
+        assert result.exit_code == 0, result.output
+        await async_wait_until(
+            lambda: status() == "critical",
+            message=f"{check_id} did not go critical when Docker said unhealthy; it is {status()}",
+        )
     assert set(running.of_containers(app.id)) == {service_id}
 
 
