@@ -638,39 +638,30 @@ class ContainerFactory:
         network = network or (None if kwargs.get("network_mode") else DEFAULT_NETWORK)
         command = list(IDLE_COMMAND) if command is None else command
         image = kwargs.pop("image", self.image)
+        common: dict[str, Any] = {
+            "command": command, "name": name, "labels": all_labels, "environment": environment
+        }  # fmt: skip
         container: Container
         if expose:
             if kwargs:
                 raise TypeError(f"expose= takes no other options: {sorted(kwargs)}")
             # docker-py's high-level run publishes every port it is given; the low-level create
             # can expose without binding.
-            exposed = [tuple(p.split("/", 1)) for p in [*(ports or {}), *expose]]
             host_config = self.client.api.create_host_config(
                 port_bindings=dict(ports or {}), network_mode=network
             )
             created = self.client.api.create_container(
                 image,
-                command=command,
-                name=name,
-                labels=all_labels,
-                environment=environment,
-                ports=exposed,
+                ports=[tuple(p.split("/", 1)) for p in [*(ports or {}), *expose]],
                 host_config=host_config,
+                **common,
             )
             container = self.client.containers.get(created["Id"])
             self.created.append(container)
             container.start()
         else:
             container = self.client.containers.run(
-                image,
-                command=command,
-                name=name,
-                labels=all_labels,
-                environment=environment,
-                ports=ports,
-                network=network,
-                detach=True,
-                **kwargs,
+                image, ports=ports, network=network, detach=True, **common, **kwargs
             )
             self.created.append(container)
         container.reload()
