@@ -9,9 +9,10 @@
 #
 # --iptables=false: the two daemons would otherwise rewrite each other's DOCKER chains (a
 # daemon flushes them when it starts), breaking the published ports of everyone using 20.10.
-# Published ports then go through docker-proxy, which is what the tests reach (loopback and the
-# host's own addresses); containers on one Engine 29 network still reach each other when
-# bridge-nf is off, and the host reaches every container address directly.
+# Published ports then go through docker-proxy (the userland proxy), and the host reaches every
+# container address directly, which is all the tests need. Container-to-container traffic on an
+# Engine 29 network passes the host's FORWARD chain when br_netfilter is loaded, whose policy
+# the 20.10 daemon sets to DROP: no test relies on it.
 set -euo pipefail
 
 socket="${1:?usage: ensure-dockerd29.sh SOCKET [DOCKERD_ARGS...]}"

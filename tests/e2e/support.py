@@ -18,6 +18,15 @@ from typing import Any
 SWARM_ADDR_POOL = "198.18.128.0/17"
 OVERLAY_POOL = ipaddress.IPv4Network("198.18.192.0/18")
 
+# The docker29 lane's engine runs beside the machine's 20.10, which may be a swarm manager at
+# the same time (another test run): its swarm takes other ports for the manager API and the
+# VXLAN data path, so neither listener nor VXLAN device collides.
+_LANE_SWARM_PORTS = (
+    ["--listen-addr", "127.0.0.1:2378", "--data-path-port", "4790"]
+    if os.environ.get("REGISTRATOR_TEST_ENGINE") == "docker29"
+    else []
+)
+
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "registrator-tests"
 
 
@@ -79,7 +88,7 @@ def swarm_manager() -> Iterator[None]:
     if state == "inactive":
         run(
             ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1",
-             "--default-addr-pool", SWARM_ADDR_POOL]
+             "--default-addr-pool", SWARM_ADDR_POOL, *_LANE_SWARM_PORTS]
         )  # fmt: skip
         created = True
     elif state != "active":
