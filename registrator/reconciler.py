@@ -591,6 +591,11 @@ class Reconciler:
             for check in service.checks:
                 if check.check_id.endswith(f":{checks_mod.DOCKER_HEALTH_KIND}"):
                     output = container.health_output or f"Docker reports {container.health}"
+                    last = self._check_status.get(check.check_id)
+                    if last is not None and last[0] == status:
+                        # Same health, only a newer probe's output: not worth a write. Podman
+                        # sends an event per probe; this keeps it from costing one each.
+                        output = last[1]
                     await self.update_check(
                         check.check_id, status, output, refresh_after=_refresh_after(check)
                     )

@@ -36,6 +36,8 @@ ENGINES = ("docker20", "docker29", "podman")
 _deselected_by_engine: list[tuple[str, str]] = []
 
 
+# trylast: after -m and -k have deselected, so the summary lists only what the engine took away.
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Mark by fixture use, so `-m "not docker"` works without every test remembering a marker.
     for item in items:

@@ -611,7 +611,8 @@ async def test_docker_healthcheck_is_mirrored_as_a_consul_check(
         labels={"SERVICE_NAME": unique("health")},
         ports={"80/tcp": None},
         healthcheck={
-            "test": ["CMD-SHELL", "test ! -e /tmp/sick"],
+            # Every probe says something new (the uptime), healthy or not.
+            "test": ["CMD-SHELL", "cat /proc/uptime; test ! -e /tmp/sick"],
             "interval": 500_000_000,
             "timeout": 2_000_000_000,
             "retries": 1,
@@ -621,16 +622,33 @@ async def test_docker_healthcheck_is_mirrored_as_a_consul_check(
     check_id = f"service:{service_id}:docker-health"
     await running.wait_registered(service_id)
 
+    def check() -> dict[str, Any]:
+        found = consul.checks().get(check_id) or {}
+        assert not found or found["ServiceID"] == service_id
+        return found
+
     def status() -> str:
-        check = consul.checks().get(check_id) or {}
-        assert not check or check["ServiceID"] == service_id
-        return str(check.get("Status", "(no check)"))
+        return str(check().get("Status", "(no check)"))
+
+    def probe_outputs() -> set[str]:
+        app.reload()
+        log = (app.attrs["State"].get("Health") or {}).get("Log") or []
+        return {str(entry.get("Output")) for entry in log}
 
     with health_probes(app):
         await async_wait_until(
             lambda: status() == "passing",
             message=f"{check_id} did not go passing; it is {status()}",
         )
+        # Not chatty: more probes with new output (on Podman, an event each) and a full
+        # reconcile change nothing while the health stays the same.
+        written = check()["Output"]
+        await async_wait_until(
+            lambda: len(probe_outputs() - {written}) >= 3,
+            message=f"{app.name}: fewer than 3 new probes ran",
+        )
+        await running.full_reconcile()
+        assert check()["Output"] == written
 
         result = await asyncio.to_thread(app.exec_run, ["sh", "-c", "echo > /tmp/sick"])
         assert result.exit_code == 0, result.output
