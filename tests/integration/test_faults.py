@@ -155,7 +155,9 @@ def write_report(report: Report, path: Path = REPORT_PATH) -> None:
 def reliability_report() -> Iterator[Report]:
     report = Report()
     yield report
-    if report.results:
+    # docs/reliability.md documents the reference engine (the docker20 lane); the other lanes
+    # run a few of these scenarios for coverage, not for the figures.
+    if report.results and os.environ.get("REGISTRATOR_TEST_ENGINE", "docker20") == "docker20":
         write_report(report)
 
 
