@@ -24,12 +24,27 @@ data_root="$cache_root/docker29/data"
 bridge="${DOCKERD29_BRIDGE:-r29br0}"
 bridge_cidr="${DOCKERD29_BRIDGE_CIDR:-198.18.32.1/24}"
 pool="${DOCKERD29_POOL:-base=198.18.40.0/21,size=24}"
+# Swarm attaches containers to a network named docker_gwbridge whose Linux bridge is also named
+# docker_gwbridge unless that network exists beforehand with another bridge name; the 20.10
+# daemon's swarm owns the interface of that name, so Engine 29 gets its own.
+gwbridge="${DOCKERD29_GWBRIDGE:-r29gwbridge}"
+gwbridge_subnet="${DOCKERD29_GWBRIDGE_SUBNET:-198.18.33.0/24}"
 mkdir -p "$run_dir" "$data_root"
 
 answers() {
   timeout 10 curl -fsS --unix-socket "$socket" http://docker/_ping >/dev/null 2>&1
 }
+own_gwbridge() {
+  DOCKER_HOST="unix://$socket" docker network inspect docker_gwbridge >/dev/null 2>&1 && return 0
+  echo "ensure-dockerd29: creating docker_gwbridge on bridge $gwbridge ($gwbridge_subnet)" >&2
+  DOCKER_HOST="unix://$socket" docker network create --driver bridge --subnet "$gwbridge_subnet" \
+    --opt com.docker.network.bridge.name="$gwbridge" \
+    --opt com.docker.network.bridge.enable_icc=false \
+    --opt com.docker.network.bridge.enable_ip_masquerade=true \
+    docker_gwbridge >/dev/null
+}
 if answers; then
+  own_gwbridge
   exit 0
 fi
 
@@ -64,7 +79,10 @@ PATH="$bin_dir:$PATH" nohup "$bin_dir/dockerd" \
   >"$run_dir/dockerd.log" 2>&1 </dev/null &
 
 for _ in $(seq 1 60); do
-  answers && exit 0
+  if answers; then
+    own_gwbridge
+    exit 0
+  fi
   sleep 1
 done
 echo "ensure-dockerd29: dockerd 29 did not answer within 60 s; last log lines:" >&2
