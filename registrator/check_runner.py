@@ -45,7 +45,8 @@ class CheckRunner:
         last = self._sent.get(update.check_id)
         if (
             last is not None
-            and last[:2] == (update.status, update.output)
+            and last[0] == update.status
+            and (update.status_only or last[1] == update.output)
             and (
                 update.refresh_after is None or self.timing.clock() - last[2] < update.refresh_after
             )

@@ -16,6 +16,7 @@ CONTAINER_EVENTS = frozenset(
         "stop",
         "kill",
         "destroy",
+        "remove",  # Podman's name for destroy
         "pause",
         "unpause",
         "restart",

@@ -182,6 +182,9 @@ class CheckUpdate:
     status: str  # "passing" | "warning" | "critical"
     output: str
     refresh_after: float | None = None
+    # A newer output alone is not worth a write (the Docker health mirror: Podman sends an
+    # event per probe, each with the probe's fresh output).
+    status_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,7 +195,7 @@ def mirror_health(container: Container, services: Iterable[Service]) -> tuple[Ch
         return ()
     output = container.health_output or f"Docker reports {container.health}"
     return tuple(
-        CheckUpdate(check.check_id, status, output, refresh_after(check))
+        CheckUpdate(check.check_id, status, output, refresh_after(check), status_only=True)
         for service in services
         for check in service.checks
         if check.kind is CheckKind.DOCKER_HEALTH

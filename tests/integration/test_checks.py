@@ -31,6 +31,7 @@ from tests.helpers import (
     ConsulAgent,
     ContainerFactory,
     async_wait_until,
+    container_ip,
 )
 from tests.integration.conftest import RunningAgent, StartAgent
 
@@ -216,13 +217,13 @@ async def test_tcp_check_follows_listener(
     sid = running.service_id(box.name, 80)
     service = await wait_registered(consul, sid)
     await asyncio.to_thread(box.reload)
-    container_ip = box.attrs["NetworkSettings"]["IPAddress"]
-    assert (service["Address"], service["Port"]) == (container_ip, 80)
+    address = container_ip(box)
+    assert (service["Address"], service["Port"]) == (address, 80)
     tcp = check_id(sid, "tcp")
 
     passing = await wait_check(consul, tcp, "passing")
     assert passing["Type"] == "tcp"
-    assert f"TCP connect {container_ip}:80: Success" in passing["Output"]
+    assert f"TCP connect {address}:80: Success" in passing["Output"]
 
     await kill_process(box, "nc")
     await wait_check(consul, tcp, "critical")

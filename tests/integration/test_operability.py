@@ -38,6 +38,7 @@ from registrator.http import serve
 from registrator.settings import parse_args
 from tests.conftest import StartProcess
 from tests.helpers import ConsulAgent, ContainerFactory, free_port, wait_until
+from tests.helpers import docker_host as lane_docker_host
 from tests.helpers_cli import (
     owned_services,
     run_cli,
@@ -375,7 +376,7 @@ async def test_hanging_backend_calls_time_out_and_are_logged_once(
     """The request timeouts are what bounds a hang; shortened here through the clients."""
     fake = FakeBackend("hang", short_tmp / "docker.sock" if backend == "docker" else None)
     port = free_port()
-    docker_host = fake.address if backend == "docker" else "unix:///var/run/docker.sock"
+    docker_host = fake.address if backend == "docker" else lane_docker_host()
     consul_uri = f"consul://{fake.address}" if backend == "consul" else "consul://127.0.0.1:1"
     settings = parse_args(
         ["-retry-interval", "100", "-node", "hang", "-docker-host", docker_host, consul_uri], {}

@@ -40,6 +40,10 @@ def container_event(action: str, **attributes: str) -> dict[str, Any]:
         pytest.param(container_event("unpause"), CID, id="unpause"),
         pytest.param(container_event("rename"), CID, id="rename changes the service id"),
         pytest.param(container_event("health_status: healthy"), CID, id="health with value"),
+        # Podman 4.3: one bare `health_status` per probe, and `remove` where Docker says destroy.
+        pytest.param(container_event("health_status"), CID, id="podman health, no value"),
+        pytest.param(container_event("remove"), CID, id="podman remove"),
+        pytest.param(container_event("exec_died"), None, id="podman exec_died is noise"),
         pytest.param(container_event("exec_start: sh -c true"), None, id="exec is noise"),
         pytest.param(container_event("exec_die"), None, id="exec_die is noise"),
         pytest.param(container_event("attach"), None, id="attach is noise"),
