@@ -10,7 +10,8 @@ own checks. The node-level decisions (maintenance on a stop signal, clean-up at 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 
@@ -213,6 +214,54 @@ def script_update(check: Check, exit_code: int | None, output: str) -> CheckUpda
     """A script run's result (exit_code None: it could not be run; `output` says why)."""
     status = "critical" if exit_code is None else _SCRIPT_EXIT_TO_CONSUL.get(exit_code, "critical")
     return CheckUpdate(check.check_id, status, output, refresh_after(check))
+
+
+# A probe runs as `timeout -s KILL N COMMAND`: the Docker API has no way to kill an exec, so
+# the kill is left to a process inside the container. busybox and coreutils both have it and
+# both take whole seconds; a killed probe exits 128 + 9.
+_KILL_WRAPPER = "timeout"
+_KILLED = 137
+
+
+def probe_command(command: Sequence[str], timeout: float, killable: bool) -> list[str]:
+    """The argv to exec for one script probe; `timeout` in seconds (rounded up: busybox's
+    `timeout` takes whole seconds); `killable` False: the container has no `timeout`."""
+    if not killable:
+        return list(command)
+    return [_KILL_WRAPPER, "-s", "KILL", str(max(1, math.ceil(timeout))), *command]
+
+
+def lacks_kill_wrapper(exit_code: int, output: str) -> bool:
+    """The exec failed because the container has no `timeout` on its PATH (Docker answers
+    126 "executable file not found", 127 from a shell)."""
+    return (
+        exit_code in {126, 127}
+        and f'"{_KILL_WRAPPER}"' in output
+        and ("not found" in output or "no such file" in output.lower())
+    )
+
+
+def probe_update(
+    check: Check,
+    exit_code: int,
+    output: str,
+    timeout: float,
+    killable: bool,
+    timed_out: bool = False,
+) -> CheckUpdate:
+    """A probe's result. Killed by its `timeout` wrapper (exit 137 under it), or still running
+    when Docker's answer was due (`timed_out`: it could not be killed, and the next probe
+    waited for it to end): critical, saying so."""
+    if killable and exit_code == _KILLED:
+        return script_update(check, 2, f"timed out after {timeout:g} s; killed")
+    if timed_out:
+        return script_update(
+            check,
+            2,
+            f"timed out after {timeout:g} s; not killed: the container has no `timeout` "
+            "command, so the next probe waited for this one to end",
+        )
+    return script_update(check, exit_code, output)
 
 
 def heartbeat_updates(

@@ -19,6 +19,9 @@ from registrator.plan import (
     plan_drain,
     plan_shutdown,
     plan_undrain,
+    lacks_kill_wrapper,
+    probe_command,
+    probe_update,
     script_check,
     script_update,
 )
@@ -209,6 +212,67 @@ def test_script_result(exit_code: int | None, status: str) -> None:
     update = script_update(check, exit_code, "out")
     assert (update.check_id, update.status, update.output) == (check.check_id, status, "out")
     assert update.refresh_after == pytest.approx(10.0)  # a third of the 30 s minimum TTL
+
+
+@pytest.mark.parametrize(
+    ("timeout", "killable", "argv"),
+    [
+        pytest.param(1.0, True, ["timeout", "-s", "KILL", "1", "sleep", "29"], id="1s"),
+        pytest.param(1.5, True, ["timeout", "-s", "KILL", "2", "sleep", "29"], id="rounded up"),
+        pytest.param(0.2, True, ["timeout", "-s", "KILL", "1", "sleep", "29"], id="at least 1"),
+        pytest.param(1.0, False, ["sleep", "29"], id="no timeout in the container"),
+    ],
+)
+def test_probe_command(timeout: float, killable: bool, argv: list[str]) -> None:
+    assert probe_command(["sleep", "29"], timeout, killable) == argv
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "output", "lacks"),
+    [
+        pytest.param(
+            126,
+            'OCI runtime exec failed: exec failed: unable to start container process: exec: '
+            '"timeout": executable file not found in $PATH: unknown',
+            True,
+            id="dockerd 20.10 answer",
+        ),
+        pytest.param(127, 'sh: "timeout": not found', True, id="from a shell"),
+        pytest.param(
+            126, 'exec: "curl": executable file not found in $PATH', False, id="the probe's own"
+        ),
+        pytest.param(0, '"timeout" not found', False, id="exit 0 is the probe's output"),
+    ],
+)
+def test_lacks_kill_wrapper(exit_code: int, output: str, lacks: bool) -> None:
+    assert lacks_kill_wrapper(exit_code, output) is lacks
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "killable", "timed_out", "status", "output"),
+    [
+        pytest.param(137, True, False, "critical", "timed out after 1 s; killed", id="killed"),
+        pytest.param(0, True, False, "passing", "out", id="in time"),
+        pytest.param(137, False, False, "critical", "out", id="137 unwrapped: the probe's own"),
+        pytest.param(
+            0,
+            False,
+            True,
+            "critical",
+            "timed out after 1 s; not killed: the container has no `timeout` command, so the "
+            "next probe waited for this one to end",
+            id="not killable, overran",
+        ),
+    ],
+)
+def test_probe_update(
+    exit_code: int, killable: bool, timed_out: bool, status: str, output: str
+) -> None:
+    (service,) = services_of(make_container(labels={"SERVICE_CHECK_SCRIPT": "sleep 29"}))
+    check = script_check(service)
+    assert check is not None
+    update = probe_update(check, exit_code, "out", 1.0, killable, timed_out)
+    assert (update.status, update.output) == (status, output)
 
 
 def test_no_script_no_script_check() -> None:
