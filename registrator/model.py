@@ -94,6 +94,10 @@ class Container:
     finished_at: str = ""
     # The Swarm service this task container belongs to, when the agent could read it.
     swarm_service: SwarmService | None = None
+    # Config.StopSignal as Docker holds it ("SIGTERM", "TERM", "15"; "" means SIGTERM) and
+    # Config.StopTimeout in seconds (None: not set; `docker stop` then waits 10 s).
+    stop_signal: str = ""
+    stop_timeout: int | None = None
 
 
 @dataclass(frozen=True)

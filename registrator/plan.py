@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from registrator import checks as checks_mod
 from registrator.connect import sidecar_id
+from registrator.events import signal_number
 from registrator.model import (
     Check,
     CheckKind,
@@ -287,9 +288,39 @@ class Maintenance:
     reason: str = ""
 
 
+# What `docker stop` waits for a container without Config.StopTimeout before SIGKILL.
+DEFAULT_STOP_TIMEOUT = 10
+# Past the stop timeout, how long a container may still take to die (dockerd sends SIGKILL
+# then, and the `die` event follows) before it counts as having survived its stop signal.
+DRAIN_GRACE = 5.0
+
+
 def plan_drain(held: Iterable[str]) -> Maintenance:
     """-drain, on a stop signal: the container is about to stop serving."""
     return Maintenance(tuple(sorted(held)), True, "registrator: container is stopping")
+
+
+def drains_on(signal: str | None, container: Container | None) -> bool:
+    """-drain: a `kill` event with `signal` is the container's own stop signal
+    (Config.StopSignal, SIGTERM when unset), sent by `docker stop` or an orchestrator.
+
+    Any other signal (SIGHUP reloads, SIGQUIT thread dumps, SIGUSR1 log rotation, SIGKILL,
+    after which `die` follows at once) puts nothing in maintenance. A container already
+    gone (None) has nothing to drain.
+    """
+    if signal is None or container is None or not container.running:
+        return False
+    return signal_number(signal) == signal_number(container.stop_signal or "SIGTERM")
+
+
+def drain_window(container: Container) -> float:
+    """Seconds after its stop signal until a container still running counts as having
+    survived it: its stop timeout (Config.StopTimeout, else docker stop's 10 s), plus
+    DRAIN_GRACE. A `docker stop -t N` overriding it is not visible in the event or inspect."""
+    timeout = container.stop_timeout
+    if timeout is None or timeout < 0:
+        timeout = DEFAULT_STOP_TIMEOUT
+    return timeout + DRAIN_GRACE
 
 
 def plan_undrain(container: Container | None, held: Iterable[str]) -> Maintenance | None:

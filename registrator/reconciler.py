@@ -22,6 +22,8 @@ from registrator.payload import held_from_agent, held_from_service, payload_hash
 from registrator.plan import (
     Maintenance,
     Outcome,
+    drain_window,
+    drains_on,
     plan_container,
     plan_drain,
     plan_shutdown,
@@ -292,9 +294,19 @@ class Reconciler:
 
     # --- maintenance and shutdown ---------------------------------------------------------
 
-    async def drain(self, container_id: str) -> None:
-        """Put the container's services in maintenance: it is about to stop serving."""
+    async def drain(self, container_id: str, signal: str) -> float | None:
+        """A `kill` event sent `signal`: if it is the container's stop signal, put its services
+        in maintenance (it is about to stop serving) and return how many seconds to wait
+        before taking a survivor out again (plan.drain_window); else None."""
+        try:
+            container = await self.inspects.read(container_id, None, True, True)
+        except DockerError as err:
+            self.status.error("docker", f"container {container_id[:12]}: {err}", True)
+            return None
+        if container is None or not drains_on(signal, container):
+            return None
         await self._maintenance(plan_drain(self.ledger.held.get(container_id, {})))
+        return drain_window(container)
 
     async def undrain_if_running(self, container_id: str) -> None:
         """The stop signal did not stop the container: take its services out of maintenance."""

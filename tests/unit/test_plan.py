@@ -19,6 +19,8 @@ from registrator.plan import (
     plan_drain,
     plan_shutdown,
     plan_undrain,
+    drain_window,
+    drains_on,
     lacks_kill_wrapper,
     probe_command,
     probe_update,
@@ -309,6 +311,43 @@ def test_drain_puts_every_held_service_in_maintenance() -> None:
 )
 def test_undrain(container: Container | None, expected: Maintenance | None) -> None:
     assert plan_undrain(container, ["b", "a"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("signal", "stop_signal", "running", "drains"),
+    [
+        pytest.param("15", "", True, True, id="SIGTERM, the default stop signal"),
+        pytest.param("15", "SIGTERM", True, True, id="SIGTERM named"),
+        pytest.param("1", "", True, False, id="SIGHUP reload: no maintenance"),
+        pytest.param("3", "", True, False, id="SIGQUIT thread dump: no maintenance"),
+        pytest.param("9", "", True, False, id="SIGKILL: die follows at once"),
+        pytest.param("3", "SIGQUIT", True, True, id="SIGQUIT is this container's stop signal"),
+        pytest.param("15", "SIGQUIT", True, False, id="SIGTERM is not its stop signal"),
+        pytest.param("2", "INT", True, True, id="bare name"),
+        pytest.param("15", "", False, False, id="already stopped"),
+    ],
+)
+def test_drains_on(signal: str, stop_signal: str, running: bool, drains: bool) -> None:
+    container = make_container(stop_signal=stop_signal, running=running)
+    assert drains_on(signal, container) is drains
+
+
+def test_drains_on_nothing_without_signal_or_container() -> None:
+    assert not drains_on(None, make_container())
+    assert not drains_on("15", None)
+
+
+@pytest.mark.parametrize(
+    ("stop_timeout", "window"),
+    [
+        pytest.param(None, 15.0, id="unset: docker stop's 10 s + grace"),
+        pytest.param(45, 50.0, id="--stop-timeout 45"),
+        pytest.param(0, 5.0, id="--stop-timeout 0"),
+        pytest.param(-1, 15.0, id="negative: the default"),
+    ],
+)
+def test_drain_window(stop_timeout: int | None, window: float) -> None:
+    assert drain_window(make_container(stop_timeout=stop_timeout)) == window
 
 
 def test_shutdown_deregisters_everything_per_container() -> None:

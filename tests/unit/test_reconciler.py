@@ -207,12 +207,13 @@ async def test_drain_and_undrain(docker: FakeDocker, consul: FakeConsul) -> None
     docker.run(A, "web")
     r = reconciler(docker, consul)
     await r.reconcile_container(A)
-    await r.drain(A)
+    assert await r.drain(A, "1") is None  # SIGHUP: a reload, not a stop
+    assert await r.drain(A, "15") == 15.0  # its stop signal: docker stop's 10 s + grace
     await r.undrain_if_running(A)  # survived its stop signal
     docker.exit(A, 143)
-    await r.drain(A)
-    await r.undrain_if_running(A)  # stopped: stays in maintenance until deregistered
-    assert consul.maintenance == [(sid("web"), True), (sid("web"), False), (sid("web"), True)]
+    assert await r.drain(A, "15") is None  # already stopped: deregistered, nothing to drain
+    await r.undrain_if_running(A)  # stopped: left alone until deregistered
+    assert consul.maintenance == [(sid("web"), True), (sid("web"), False)]
 
 
 async def test_kept_container_is_never_passing(docker: FakeDocker, consul: FakeConsul) -> None:
