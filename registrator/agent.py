@@ -21,8 +21,8 @@ from registrator.docker import DockerError
 from registrator.events import (
     event_container_id,
     event_service_id,
-    kill_signal,
     is_subscribed,
+    kill_signal,
     since_from_time_nano,
 )
 from registrator.planner import PlanContext

@@ -139,6 +139,13 @@ class ConsulClient:
             raise ConsulError("GET /v1/agent/services: unexpected answer")
         return {k: v for k, v in answer.items() if isinstance(v, dict)}
 
+    async def checks(self) -> dict[str, dict[str, Any]]:
+        """`GET /v1/agent/checks`: check id → the check (Status, Notes, ServiceID, ...)."""
+        answer = await self._call("GET", "/v1/agent/checks")
+        if not isinstance(answer, dict):
+            raise ConsulError("GET /v1/agent/checks: unexpected answer")
+        return {k: v for k, v in answer.items() if isinstance(v, dict)}
+
     async def register(self, body: Mapping[str, Any]) -> None:
         # replace-existing-checks: the registration is whole, so a check removed from the
         # labels disappears from Consul instead of lingering.

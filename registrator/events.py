@@ -77,7 +77,7 @@ _SIGNAL_NUMBERS = {
 
 
 def signal_number(signal: str) -> int | str:
-    """"SIGTERM", "TERM", "sigterm", "15" → 15; anything else as given (upper case)."""
+    """ "SIGTERM", "TERM", "sigterm", "15" → 15; anything else as given (upper case)."""
     text = signal.strip().upper()
     if text.isdigit():
         return int(text)

@@ -295,9 +295,58 @@ DEFAULT_STOP_TIMEOUT = 10
 DRAIN_GRACE = 5.0
 
 
+DRAIN_REASON = "registrator: container is stopping"
+# Consul's id for a service's maintenance check (PUT /v1/agent/service/maintenance/:id); its
+# Notes hold the reason given.
+MAINTENANCE_CHECK_PREFIX = "_service_maintenance:"
+
+
 def plan_drain(held: Iterable[str]) -> Maintenance:
     """-drain, on a stop signal: the container is about to stop serving."""
-    return Maintenance(tuple(sorted(held)), True, "registrator: container is stopping")
+    return Maintenance(tuple(sorted(held)), True, DRAIN_REASON)
+
+
+def maintenance_reasons(checks: Mapping[str, Mapping[str, object]]) -> dict[str, str]:
+    """`GET /v1/agent/checks` → service id → the reason of its maintenance, for services in
+    maintenance (set by registrator's -drain or by an operator)."""
+    return {
+        check_id.removeprefix(MAINTENANCE_CHECK_PREFIX): str(check.get("Notes") or "")
+        for check_id, check in checks.items()
+        if check_id.startswith(MAINTENANCE_CHECK_PREFIX)
+    }
+
+
+def keep_maintenance(
+    registered: Iterable[str], reasons: Mapping[str, str]
+) -> tuple[Maintenance, ...]:
+    """Re-registering a service with ?replace-existing-checks removes its maintenance check
+    (measured on Consul 1.14): put back each one it had, with its reason, ours or not."""
+    return tuple(
+        Maintenance((service_id,), True, reasons[service_id])
+        for service_id in sorted(set(registered))
+        if service_id in reasons
+    )
+
+
+def plan_stale_drains(
+    reasons: Mapping[str, str],
+    held: Mapping[str, Mapping[str, HeldService]],
+    running: AbstractSet[str],
+) -> Maintenance | None:
+    """At the agent's first full reconcile: maintenance registrator set (DRAIN_REASON) on
+    services of containers that run. A drain is lifted by the agent that set it, after the
+    container's stop window; an agent restarted in that window would otherwise leave it on
+    forever. A container still inside its stop window then loses its maintenance early (the
+    restarted agent cannot tell a stop in progress from a survivor); one set by an operator
+    (any other reason) is left alone."""
+    stale = sorted(
+        service_id
+        for key, services in held.items()
+        if key in running
+        for service_id in services
+        if reasons.get(service_id) == DRAIN_REASON
+    )
+    return Maintenance(tuple(stale), False) if stale else None
 
 
 def drains_on(signal: str | None, container: Container | None) -> bool:

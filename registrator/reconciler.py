@@ -24,9 +24,12 @@ from registrator.plan import (
     Outcome,
     drain_window,
     drains_on,
+    keep_maintenance,
+    maintenance_reasons,
     plan_container,
     plan_drain,
     plan_shutdown,
+    plan_stale_drains,
     plan_undrain,
 )
 from registrator.planner import PlanContext
@@ -172,6 +175,9 @@ class Reconciler:
 
             await asyncio.gather(*(one(cid) for cid in container_ids))
             self.ledger.drop_empty(container_ids)
+            if not self.synced:
+                running = {cid for cid, state in states.items() if state == "running"}
+                await self._lift_stale_drains(running)
             self.stats.full_reconciles += 1
             self.stats.last_full_seconds = asyncio.get_running_loop().time() - started
             self.synced = True
@@ -220,12 +226,15 @@ class Reconciler:
         held_before = dict(self.ledger.held.get(container_id, {}))
         held = self.ledger.held.setdefault(container_id, {})
         name = container.name if container else container_id[:12]
+        reasons = await self._maintenance_reasons([s.id for s in plan.register if s.id in held])
         for service in plan.register:
             if await self._register(service, held):
                 sidecar = plan.drop_sidecars.get(service.id)
                 if sidecar:
                     await self._deregister_sidecar(service.id, sidecar)
                 held[service.id] = held_from_service(service)
+                for maintenance in keep_maintenance([service.id], reasons):
+                    await self._maintenance(maintenance)
         for service_id in plan.deregister:
             try:
                 await self.consul.deregister(service_id)
@@ -252,6 +261,19 @@ class Reconciler:
             # A write that finished after a full reconcile listed Consul is not in that
             # listing (checked here, at the end, to cover writes started before the listing).
             self.ledger.applied_since_listing.add(container_id)
+
+    async def _maintenance_reasons(self, reregistered: list[str]) -> dict[str, str]:
+        """Which of the services about to be re-registered are in maintenance (one read, and
+        only when an existing registration changes: rare)."""
+        if not reregistered:
+            return {}
+        try:
+            checks = await self.consul.checks()
+        except ConsulError as err:
+            self.status.error("consul", f"read checks before re-registering: {err}", err.transient)
+            return {}
+        reasons = maintenance_reasons(checks)
+        return {sid: reasons[sid] for sid in reregistered if sid in reasons}
 
     async def _register(self, service: Service, held: dict[str, HeldService]) -> bool:
         """PUT one registration; True if Consul took it."""
@@ -321,6 +343,18 @@ class Reconciler:
             if maintenance is not None:
                 await self._maintenance(maintenance)
 
+    async def _lift_stale_drains(self, running: set[str]) -> None:
+        """First full reconcile: lift drains a previous run of the agent left on services of
+        running containers (plan_stale_drains)."""
+        try:
+            checks = await self.consul.checks()
+        except ConsulError as err:
+            self.status.error("consul", f"read checks: {err}", err.transient)
+            return
+        stale = plan_stale_drains(maintenance_reasons(checks), self.ledger.held, running)
+        if stale is not None:
+            await self._maintenance(stale)
+
     async def _maintenance(self, maintenance: Maintenance) -> None:
         for service_id in maintenance.service_ids:
             try:
@@ -332,9 +366,9 @@ class Reconciler:
                 self.status.error("consul", f"{what} for {service_id}: {err}")
                 continue
             if maintenance.enable:
-                log.info("drained %s: container is stopping", service_id)
+                log.info("maintenance on for %s: %s", service_id, maintenance.reason)
             else:
-                log.info("%s: container survived its stop signal; maintenance off", service_id)
+                log.info("maintenance off for %s: its container runs", service_id)
 
     async def deregister_all(self) -> None:
         """Shutdown with -deregister-on-exit: remove every service this node owns."""

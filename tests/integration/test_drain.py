@@ -128,3 +128,58 @@ async def test_other_signals_enter_no_maintenance(
     await async_wait_until(
         lambda: maintenance(consul, service_id), timeout=10, message="no maintenance after TERM"
     )
+
+
+async def test_reregistration_keeps_an_operators_maintenance(
+    start_agent: StartAgent, containers: ContainerFactory, consul: ConsulAgent
+) -> None:
+    """Consul 1.14 drops `_service_maintenance:<id>` when a service is re-registered with
+    ?replace-existing-checks (measured); the agent puts it back with its reason."""
+    running = await start_agent("-drain")
+    app = await run(
+        containers,
+        "edited",
+        command=["sh", "-c", TRAPS],
+        labels={"SERVICE_NAME": unique("edited")},
+        ports={"80/tcp": ("127.0.0.1", None)},
+    )
+    service_id = running.service_id(app.name, 80)
+    await running.wait_registered(service_id)
+    entry = (await asyncio.to_thread(consul.services))[service_id]
+    # Someone edits the registration by hand; the next full reconcile re-registers it.
+    edited = {k: entry[k] for k in ("ID", "Address", "Meta", "Tags")} | {"Name": entry["Service"]}
+    await asyncio.to_thread(
+        consul.put, "/v1/agent/service/register", {**edited, "Port": entry["Port"] + 1}
+    )
+    await asyncio.to_thread(
+        consul.put,
+        f"/v1/agent/service/maintenance/{service_id}?enable=true&reason=operator:%20disk%20swap",
+    )
+    await running.full_reconcile()
+    assert (await asyncio.to_thread(consul.services))[service_id]["Port"] == entry["Port"]
+    check = (await asyncio.to_thread(consul.checks)).get(f"_service_maintenance:{service_id}")
+    assert check is not None, "the re-registration dropped the operator's maintenance"
+    assert check["Notes"] == "operator: disk swap"
+
+
+async def test_agent_restarted_while_draining_lifts_its_maintenance(
+    start_agent: StartAgent, containers: ContainerFactory, consul: ConsulAgent
+) -> None:
+    first = await start_agent("-drain")
+    app = await asyncio.to_thread(
+        with_stop_timeout, containers, {"SERVICE_NAME": unique("restart")}, 60
+    )
+    service_id = first.service_id(app.name, 80)
+    await first.wait_registered(service_id)
+    await asyncio.to_thread(app.kill, "SIGTERM")
+    await async_wait_until(
+        lambda: maintenance(consul, service_id), timeout=10, message="no maintenance after TERM"
+    )
+    await first.stop()  # inside the container's 60 s window: it would lift nothing now
+    assert await maintenance(consul, service_id)
+    await start_agent("-drain", node=first.node)
+    await async_wait_until(
+        lambda: out_of_maintenance(consul, service_id),
+        timeout=10,
+        message="the restarted agent left its predecessor's maintenance on",
+    )

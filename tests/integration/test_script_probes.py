@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-
-import pytest
-
 from collections.abc import Iterator
 
 import docker
+import pytest
 from docker.models.containers import Container
 
 from tests.helpers import ConsulAgent, ContainerFactory
@@ -31,7 +29,6 @@ from tests.integration.test_checks import (
     wait_check,
     wait_registered,
 )
-
 
 # registrator-test/web: busybox with EXPOSE 80 and no `timeout` applet.
 NO_TIMEOUT_IMAGE = "registrator-test/web:latest"
@@ -83,7 +80,7 @@ async def watch_probes(box: Container, script: str, seconds: int, watch: float) 
 
 
 @pytest.mark.parametrize(
-    ("script", "timeout"),
+    ("script", "check_timeout"),
     [
         pytest.param("sleep 29", "1s", id="the issue's example"),
         pytest.param("sleep 17", "2s", id="2s timeout"),
@@ -95,7 +92,7 @@ async def test_timed_out_probe_is_killed(
     containers: ContainerFactory,
     exposing_image: str,
     script: str,
-    timeout: str,
+    check_timeout: str,
 ) -> None:
     running = await start_agent("-internal")
     box = await exposed(
@@ -106,14 +103,14 @@ async def test_timed_out_probe_is_killed(
             "SERVICE_NAME": unique("probe"),
             "SERVICE_CHECK_SCRIPT": script,
             "SERVICE_CHECK_INTERVAL": "1s",
-            "SERVICE_CHECK_TIMEOUT": timeout,
+            "SERVICE_CHECK_TIMEOUT": check_timeout,
         },
         image=exposing_image,
     )
     sid = running.service_id(box.name, 80)
     await wait_registered(consul, sid)
     # Before the fix: 7 `sleep 29` alive after 12 s, one more every interval.
-    seconds = int(timeout[:-1])
+    seconds = int(check_timeout[:-1])
     assert await watch_probes(box, script, seconds, 12.0) <= 1
     await wait_check(
         consul, check_id(sid, "script"), "critical", f"timed out after {seconds} s; killed"

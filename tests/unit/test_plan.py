@@ -10,18 +10,22 @@ from registrator.connect import sidecar_id
 from registrator.model import CheckKind, CheckUpdate, Container, HeldService, Service
 from registrator.payload import held_from_service
 from registrator.plan import (
+    DRAIN_REASON,
     Holdings,
     Maintenance,
+    drain_window,
+    drains_on,
     heartbeat_updates,
+    keep_maintenance,
+    lacks_kill_wrapper,
+    maintenance_reasons,
     mirror_health,
     orphans_sidecar,
     plan_container,
     plan_drain,
     plan_shutdown,
+    plan_stale_drains,
     plan_undrain,
-    drain_window,
-    drains_on,
-    lacks_kill_wrapper,
     probe_command,
     probe_update,
     script_check,
@@ -234,7 +238,7 @@ def test_probe_command(timeout: float, killable: bool, argv: list[str]) -> None:
     [
         pytest.param(
             126,
-            'OCI runtime exec failed: exec failed: unable to start container process: exec: '
+            "OCI runtime exec failed: exec failed: unable to start container process: exec: "
             '"timeout": executable file not found in $PATH: unknown',
             True,
             id="dockerd 20.10 answer",
@@ -456,3 +460,43 @@ def test_releasing_an_id_hands_it_to_its_contenders(
     state = Holdings(holding(service), {service.id: service}, waiting)
     outcome = plan_container(CONTAINER_ID, blue, state, make_context())
     assert outcome.hand_over == hand_over
+
+
+CHECKS = {
+    "_service_maintenance:web": {"ServiceID": "web", "Notes": DRAIN_REASON},
+    "_service_maintenance:api": {"ServiceID": "api", "Notes": "operator: disk swap"},
+    "service:web:http": {"ServiceID": "web", "Notes": ""},
+}
+
+
+def test_maintenance_reasons() -> None:
+    assert maintenance_reasons(CHECKS) == {"web": DRAIN_REASON, "api": "operator: disk swap"}
+
+
+@pytest.mark.parametrize(
+    ("registered", "expected"),
+    [
+        pytest.param(["web"], (Maintenance(("web",), True, DRAIN_REASON),), id="ours"),
+        pytest.param(
+            ["api"], (Maintenance(("api",), True, "operator: disk swap"),), id="an operator's"
+        ),
+        pytest.param(["db"], (), id="not in maintenance"),
+    ],
+)
+def test_keep_maintenance(registered: list[str], expected: tuple[Maintenance, ...]) -> None:
+    assert keep_maintenance(registered, maintenance_reasons(CHECKS)) == expected
+
+
+@pytest.mark.parametrize(
+    ("running", "expected"),
+    [
+        pytest.param({"a", "b"}, Maintenance(("web",), False), id="ours lifted, operator's kept"),
+        pytest.param({"b"}, None, id="its container does not run: it is being removed"),
+    ],
+)
+def test_plan_stale_drains(running: set[str], expected: Maintenance | None) -> None:
+    held = {
+        "a": {"web": held_from_service(services_of(make_container())[0])},
+        "b": {"api": held_from_service(services_of(make_container())[0])},
+    }
+    assert plan_stale_drains(maintenance_reasons(CHECKS), held, running) == expected

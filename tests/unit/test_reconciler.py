@@ -256,3 +256,38 @@ async def test_unchanged_resync_writes_nothing(docker: FakeDocker, consul: FakeC
         assert await r.full_reconcile()
     assert consul.writes == writes
     assert docker.calls["inspect"] == inspects, "unchanged containers are not inspected again"
+
+
+async def test_reregistration_keeps_maintenance_ours_and_operators(
+    docker: FakeDocker, consul: FakeConsul
+) -> None:
+    docker.run(A, "web")
+    docker.run(B, "api")
+    r = reconciler(docker, consul)
+    await r.reconcile_container(A)
+    await r.reconcile_container(B)
+    await r.drain(A, "15")
+    await consul.service_maintenance(sid("api"), True, "operator: disk swap")
+    # New labels: both are re-registered with ?replace-existing-checks, which drops them.
+    docker.run(A, "web", labels={"SERVICE_TAGS": "v2"})
+    docker.run(B, "api", labels={"SERVICE_TAGS": "v2"})
+    await r.reconcile_container(A)
+    await r.reconcile_container(B)
+    assert consul.registers.count(sid("web")) == 2
+    assert consul.in_maintenance == {
+        sid("web"): "registrator: container is stopping",
+        sid("api"): "operator: disk swap",
+    }
+
+
+async def test_first_full_reconcile_lifts_only_the_drains_a_previous_run_left(
+    docker: FakeDocker, consul: FakeConsul
+) -> None:
+    docker.run(A, "web")
+    docker.run(B, "api")
+    previous = reconciler(docker, consul)
+    await previous.full_reconcile()
+    await previous.drain(A, "15")  # ... and the agent restarts before lifting it
+    await consul.service_maintenance(sid("api"), True, "operator: disk swap")
+    await reconciler(docker, consul).full_reconcile()
+    assert consul.in_maintenance == {sid("api"): "operator: disk swap"}
