@@ -148,10 +148,16 @@ def parse_container(data: Any) -> Container:
         health_output=last_output,
         finished_at=_finished_at(state.get("FinishedAt")),
         stop_signal=as_str(config.get("StopSignal")),
+        started_at=_started_at(state.get("StartedAt")),
         stop_timeout=stop_timeout
         if isinstance(stop_timeout, int) and not isinstance(stop_timeout, bool)
         else None,
     )
+
+
+def _started_at(value: object) -> str:
+    text = as_str(value)
+    return "" if text.startswith("0001-") else text
 
 
 def _finished_at(value: object) -> str:

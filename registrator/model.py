@@ -98,6 +98,17 @@ class Container:
     # Config.StopTimeout in seconds (None: not set; `docker stop` then waits 10 s).
     stop_signal: str = ""
     stop_timeout: int | None = None
+    # State.StartedAt (RFC 3339 with nanoseconds, UTC; "" if it never started).
+    started_at: str = ""
+    # `--network container:X`: the container X whose network stack this one shares, as the
+    # shell read it (None: not read, or gone). See planner.on_owner_stack.
+    network_owner: Container | None = None
+
+    @property
+    def network_owner_ref(self) -> str:
+        """The id (or name) after `container:` in HostConfig.NetworkMode, else ""."""
+        mode, _, ref = self.network_mode.partition(":")
+        return ref if mode == "container" else ""
 
 
 @dataclass(frozen=True)

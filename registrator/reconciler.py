@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from registrator.backends import ConsulAPI, DockerAPI
 from registrator.check_runner import CheckRunner
@@ -69,6 +70,9 @@ class Reconciler:
         self.synced = False  # the first full reconcile has completed
         self._reported_problems: dict[str, frozenset[str]] = {}
         self._full_lock = asyncio.Lock()
+        # `--network container:X`: X's id → the containers sharing its stack.
+        self._stack_dependents: dict[str, set[str]] = {}
+        self._stack_owner: dict[str, str] = {}  # the reverse: container → X's id
 
     # --- what others read -----------------------------------------------------------------
 
@@ -100,9 +104,12 @@ class Reconciler:
     # --- triggers -------------------------------------------------------------------------
 
     def mark(self, container_id: str) -> None:
-        """Something happened to this container: reconcile it soon (coalesced, serialised)."""
+        """Something happened to this container: reconcile it soon (coalesced, serialised),
+        and the containers sharing its network stack (they are reached at its address)."""
         self.inspects.forget(container_id)
         self.work.mark(container_id)
+        for dependent in sorted(self._stack_dependents.get(container_id, ())):
+            self.work.mark(dependent)
 
     async def idle(self) -> None:
         """Wait until every marked container has been reconciled (for shutdown and tests)."""
@@ -188,7 +195,20 @@ class Reconciler:
         if is_vip_key(key):
             return await self.swarm.vip_container(key)
         holds = bool(self.ledger.held.get(key))
-        return await self.swarm.attach(await self.inspects.read(key, list_state, force, holds))
+        container = await self.swarm.attach(await self.inspects.read(key, list_state, force, holds))
+        previous = self._stack_owner.pop(key, None)
+        if previous is not None:
+            dependents = self._stack_dependents.get(previous, set())
+            dependents.discard(key)
+            if not dependents:
+                self._stack_dependents.pop(previous, None)
+        if container is None or not container.network_owner_ref:
+            return container
+        owner = await self.inspects.read(container.network_owner_ref, None, True, True)
+        if owner is not None:
+            self._stack_owner[key] = owner.id
+            self._stack_dependents.setdefault(owner.id, set()).add(key)
+        return replace(container, network_owner=owner)
 
     async def _reconcile_locked(
         self, container_id: str, list_state: str | None, force_inspect: bool

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pytest
 
 from registrator.connect import sidecar_id
-from registrator.model import CheckKind, CheckUpdate, Container, HeldService, Service
+from registrator.model import (
+    CheckKind,
+    CheckUpdate,
+    Container,
+    ContainerPort,
+    HeldService,
+    NetworkAttachment,
+    Service,
+)
 from registrator.payload import held_from_service
 from registrator.plan import (
     DRAIN_REASON,
@@ -31,9 +40,9 @@ from registrator.plan import (
     script_check,
     script_update,
 )
-from registrator.planner import desired_services
+from registrator.planner import ContainerPlan, desired_services
 from registrator.settings import DeregisterMode
-from tests.unit.builders import CONTAINER_ID, make_container, make_context
+from tests.unit.builders import CONTAINER_ID, make_container, make_context, published
 
 OTHER_ID = "f" * 64
 
@@ -500,3 +509,96 @@ def test_plan_stale_drains(running: set[str], expected: Maintenance | None) -> N
         "b": {"api": held_from_service(services_of(make_container())[0])},
     }
     assert plan_stale_drains(maintenance_reasons(CHECKS), held, running) == expected
+
+
+# --- sidecars sharing a network stack (--network container:X) ----------------------------------
+
+OWNER = make_container(
+    id=OTHER_ID,
+    name="app",
+    ports=(published(80, 8080), published(9100, 39100)),
+    networks=(NetworkAttachment("bridge", "198.18.0.9", "n" * 64),),
+    started_at="2026-11-30T03:00:00.5Z",
+)
+
+
+def sidecar(owner: Container | None, **overrides: object) -> Container:
+    fields: dict[str, object] = {
+        "name": "metrics",
+        "labels": {"SERVICE_NAME": "metrics", "SERVICE_PORT": "9100"},
+        "ports": (),
+        "networks": (),
+        "network_mode": f"container:{OTHER_ID}",
+        "started_at": "2026-11-30T03:00:01Z",
+        "network_owner": owner,
+    }
+    fields.update(overrides)
+    return make_container(**fields)
+
+
+@pytest.mark.parametrize(
+    ("container", "options", "where"),
+    [
+        pytest.param(sidecar(OWNER), {"internal": True}, ("198.18.0.9", 9100), id="-internal"),
+        pytest.param(sidecar(OWNER), {}, ("10.0.0.9", 39100), id="the owner publishes 9100"),
+        pytest.param(
+            sidecar(replace(OWNER, ports=(published(80, 8080),))),
+            {},
+            ("198.18.0.9", 9100),
+            id="not published: its address, like any SERVICE_PORT without ports",
+        ),
+        pytest.param(
+            sidecar(replace(OWNER, network_mode="host", networks=())),
+            {},
+            ("10.0.0.9", 9100),
+            id="owner on the host network",
+        ),
+        pytest.param(
+            sidecar(OWNER, labels={"SERVICE_NAME": "metrics"}, ports=(ContainerPort(9100, "tcp"),)),
+            {},
+            ("10.0.0.9", 39100),
+            id="EXPOSEd by its image",
+        ),
+        pytest.param(
+            sidecar(replace(OWNER, started_at="2026-11-30T03:00:00.9Z")),
+            {"internal": True},
+            ("198.18.0.9", 9100),
+            id="fractions compare as numbers (.9 before 1)",
+        ),
+    ],
+)
+def test_sidecar_sharing_a_stack_is_reached_where_its_owner_is(
+    container: Container, options: dict[str, object], where: tuple[str, int]
+) -> None:
+    result = desired_services(container, make_context(**options))
+    assert result.problems == ()
+    ((name, address, port),) = [(s.name, s.address, s.port) for s in result.services]
+    assert (name, (address, port)) == ("metrics", where)
+    assert result.services[0].id == f"{make_context().node}:metrics:9100"
+
+
+@pytest.mark.parametrize(
+    ("container", "reason"),
+    [
+        pytest.param(sidecar(None), "which does not run", id="owner gone"),
+        pytest.param(
+            sidecar(replace(OWNER, running=False)), "which does not run", id="owner stopped"
+        ),
+        pytest.param(
+            sidecar(replace(OWNER, started_at="2026-11-30T03:05:00Z")),
+            "which restarted after it",
+            id="owner restarted after it: left in the old stack",
+        ),
+    ],
+)
+def test_sidecar_not_registered_without_its_owners_stack(container: Container, reason: str) -> None:
+    result = desired_services(container, make_context(internal=True))
+    assert result.services == ()
+    (problem,) = result.problems
+    assert problem.key == f"--network container:{OTHER_ID[:12]}"
+    assert reason in problem.reason
+
+
+def test_helper_sharing_a_stack_with_nothing_to_register_is_not_warned_about() -> None:
+    helper = sidecar(None, labels={})
+    assert desired_services(helper, make_context()) == ContainerPlan(())

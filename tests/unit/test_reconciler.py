@@ -291,3 +291,23 @@ async def test_first_full_reconcile_lifts_only_the_drains_a_previous_run_left(
     await consul.service_maintenance(sid("api"), True, "operator: disk swap")
     await reconciler(docker, consul).full_reconcile()
     assert consul.in_maintenance == {sid("api"): "operator: disk swap"}
+
+
+async def test_owner_events_replan_the_containers_sharing_its_stack(
+    docker: FakeDocker, consul: FakeConsul
+) -> None:
+    docker.run(A, "app")
+    docker.run(B, "metrics", labels={"SERVICE_PORT": "80"})
+    side = docker.documents[B]
+    side["HostConfig"]["NetworkMode"] = f"container:{A}"
+    side["NetworkSettings"].update(Ports={}, Networks={})
+    side["Config"]["ExposedPorts"] = {}
+    side["State"]["StartedAt"] = "2026-11-28T03:59:00Z"  # after the owner
+    r = reconciler(docker, consul)
+    await r.full_reconcile()
+    # Reached where its owner publishes 80: the same host port (only the owner can publish).
+    assert consul.entries[sid("metrics")]["Port"] == 8080
+    docker.exit(A, 0)
+    r.mark(A)  # the owner's `die`: nothing happened to the sidecar itself
+    await r.idle()
+    assert sid("metrics") not in consul.entries
