@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
@@ -114,7 +113,7 @@ class CheckRunner:
             checks_mod.DEFAULT_INTERVAL
         )
         try:
-            command = shlex.split(service.script)
+            command = checks_mod.script_command(service.script)
         except ValueError as err:
             await self.report(script_update(check, None, f"cannot parse script: {err}"))
             return

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import dataclass
 
-from registrator.labels import Metadata, is_true_ignore
+from registrator.labels import Metadata, flag
 from registrator.model import Check, CheckKind, Container, Problem
 from registrator.settings import Settings
+from registrator.vocabulary import bool_word, whole_number
 
 DEFAULT_INTERVAL = "10s"
 SCRIPT_TIMEOUT_SECONDS = 30.0
@@ -139,9 +141,9 @@ def build_checks(
     ):
         raw = metadata.get(key).strip()
         if raw:
-            # ASCII and short: int() raises on "²" and on strings over 4300 digits.
-            if raw.isascii() and raw.isdigit() and len(raw) <= 9:
-                common[field] = int(raw)
+            number = whole_number(raw, 0, 999_999_999)
+            if number is not None:
+                common[field] = number
             else:
                 problem(key, f"{raw!r} is not a non-negative integer; ignored")
 
@@ -173,21 +175,25 @@ def build_checks(
         body = metadata.get(f"CHECK_{kind}_BODY", metadata.get("CHECK_BODY"))
         if body:
             fields["Body"] = body
-        if is_true_ignore(metadata.get("CHECK_TLS_SKIP_VERIFY")):
+        skip_verify, flag_problems = flag(metadata, "CHECK_TLS_SKIP_VERIFY", container)
+        problems.extend(flag_problems)
+        if skip_verify:
             fields["TLSSkipVerify"] = True
         add(check_kind, f"{kind} {fields['HTTP']}", fields)
 
     tcp = metadata.get("CHECK_TCP").strip()
-    if tcp and tcp.lower() not in {"false", "0", "no"}:
-        address = tcp if ":" in tcp and tcp.lower() != "true" else _host_port(target)
+    if tcp and bool_word(tcp) is not False:
+        address = tcp if ":" in tcp and bool_word(tcp) is None else _host_port(target)
         add(CheckKind.TCP, f"TCP {address}", {"TCP": address})
 
     grpc = metadata.get("CHECK_GRPC").strip()
-    if grpc and grpc.lower() not in {"false", "0", "no"}:
-        service = "" if grpc.lower() in {"true", "1", "yes"} else grpc
+    if grpc and bool_word(grpc) is not False:
+        service = "" if bool_word(grpc) else grpc
         address = _host_port(target) + (f"/{service}" if service else "")
         fields = {"GRPC": address}
-        if is_true_ignore(metadata.get("CHECK_GRPC_USE_TLS")):
+        use_tls, flag_problems = flag(metadata, "CHECK_GRPC_USE_TLS", container)
+        problems.extend(flag_problems)
+        if use_tls:
             fields["GRPCUseTLS"] = True
         add(CheckKind.GRPC, f"gRPC {address}", fields)
 
@@ -199,7 +205,7 @@ def build_checks(
         else:
             problem("CHECK_TTL", f"{ttl_value!r} is not a duration like 30s; check skipped")
 
-    script = metadata.get("CHECK_SCRIPT").strip()
+    script = with_service_address(metadata.get("CHECK_SCRIPT").strip(), target)
     script_interval = script_timeout = 0.0
     if script and common_ok:
         # Run by registrator inside the container (docker exec) and reported to this TTL
@@ -222,7 +228,7 @@ def build_checks(
     elif script:
         script = ""
 
-    health_opt_out = metadata.get("CHECK_DOCKER_HEALTH").strip().lower() in {"false", "0", "no"}
+    health_opt_out = bool_word(metadata.get("CHECK_DOCKER_HEALTH")) is False
     if settings.docker_health and container.health and not health_opt_out:
         add(
             CheckKind.DOCKER_HEALTH,
@@ -244,6 +250,34 @@ def build_checks(
             probing=False,
         )
     return ChecksResult(tuple(checks), tuple(problems), script, script_interval, script_timeout)
+
+
+# gliderlabs' placeholders (it replaced them before handing the script to Consul). The
+# braced form too; `$SERVICE_IPS` or `$SERVICE_PORT_X` are other variables, left alone.
+_PLACEHOLDER = re.compile(r"\$(?:\{(SERVICE_IP|SERVICE_PORT)\}|(SERVICE_IP|SERVICE_PORT)(?!\w))")
+
+
+def with_service_address(script: str, target: Target) -> str:
+    """`$SERVICE_IP` / `$SERVICE_PORT` (or `${…}`) → the registered address and port."""
+    values = {"SERVICE_IP": target.address, "SERVICE_PORT": str(target.port)}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1) or m.group(2)], script)
+
+
+# Characters that mean something only to a shell: pipes, lists, redirections, expansions,
+# globs, comments, grouping. A script without any of them runs the same with or without one.
+_SHELL_SYNTAX = frozenset("|&;<>()$`*?[]{}~#!\n")
+
+
+def script_command(script: str) -> list[str]:
+    """The argv registrator execs in the container for SERVICE_CHECK_SCRIPT.
+
+    A script that uses shell syntax runs as `sh -c SCRIPT`, as Consul ran gliderlabs' script
+    checks; a plain command runs directly (split as a shell would split it), so it also works
+    in images that have no shell. Raises ValueError for unbalanced quotes in a plain command.
+    """
+    if any(char in _SHELL_SYNTAX for char in script):
+        return ["sh", "-c", script]
+    return shlex.split(script)
 
 
 def _script_ttl(interval: str) -> str:
