@@ -25,8 +25,8 @@ from registrator.docker import DockerError
 from registrator.events import (
     event_container_id,
     event_service_id,
-    is_stop_signal,
     is_subscribed,
+    kill_signal,
     since_from_time_nano,
 )
 from registrator.hostnet import host_address
@@ -317,11 +317,14 @@ class Agent:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _drain(self, container_id: str) -> None:
+    async def _drain(self, container_id: str, signal: str) -> None:
         assert self.reconciler is not None
-        await self.reconciler.drain(container_id)
-        # A trapped or ignored signal leaves the container running; do not leave it drained.
-        await self.timing.sleep(self.timing.drain_recheck)
+        window = await self.reconciler.drain(container_id, signal)
+        if window is None:
+            return
+        # A trapped or ignored signal leaves the container running past its stop timeout;
+        # do not leave it drained.
+        await self.timing.sleep(window * self.timing.drain_scale)
         await self.reconciler.undrain_if_running(container_id)
 
     def request_full_reconcile(self) -> None:
@@ -404,6 +407,7 @@ class Agent:
             self.reconciler.swarm_service_changed(service_id)
         container_id = event_container_id(event)
         if container_id:
-            if self.settings.drain and is_stop_signal(event):
-                self._spawn(self._drain(container_id))
+            signal = kill_signal(event)
+            if self.settings.drain and signal is not None:
+                self._spawn(self._drain(container_id, signal))
             self.reconciler.mark(container_id)

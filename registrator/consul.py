@@ -106,7 +106,7 @@ class ConsulClient(JSONClient):
         return {k: v for k, v in answer.items() if isinstance(v, dict)}
 
     async def checks(self) -> dict[str, dict[str, Any]]:
-        """Every check the agent holds, by check id (`GET /v1/agent/checks`)."""
+        """`GET /v1/agent/checks`: check id → the check (Status, Notes, ServiceID, ...)."""
         answer = await self._call("GET", "/v1/agent/checks")
         if not isinstance(answer, dict):
             raise ConsulError("GET /v1/agent/checks: unexpected answer")

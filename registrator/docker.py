@@ -55,6 +55,8 @@ class DockerError(APIError):
 class ExecResult:
     exit_code: int
     output: str
+    # The process was still running when `timeout` passed; exec_run then waited for it to end.
+    timed_out: bool = False
 
 
 _LISTED_FIELDS = frozenset({"Id", "State"})
@@ -328,7 +330,14 @@ class DockerClient(JSONClient):
         command: Sequence[str],
         timeout: float,  # noqa: ASYNC109 - bounds the exec, not this call's caller
     ) -> ExecResult:
-        """Run `command` in the container and collect its exit code and output."""
+        """Run `command` in the container and collect its exit code and output.
+
+        `timeout` (seconds) bounds the wait for its output. Docker cannot kill an exec
+        (there is no such endpoint), so a process still running then is waited for, polling
+        `GET /exec/{id}/json` once a second until it ends (or the container does), and the
+        answer says `timed_out`: a caller never has two of its commands running at once.
+        Raises DockerError when Docker cannot be asked.
+        """
         created = await self._request(
             "POST",
             f"/containers/{quote(container_id, safe='')}/exec",
@@ -345,7 +354,16 @@ class DockerClient(JSONClient):
                         raise DockerError(f"exec start: HTTP {resp.status}", status=resp.status)
                     raw = await resp.read()
         except TimeoutError:
-            return ExecResult(exit_code=2, output=f"timed out after {timeout:g} s")
+            state = await self._request("GET", f"/exec/{exec_id}/json")
+            while isinstance(state, dict) and state.get("Running") is True:
+                await asyncio.sleep(1.0)
+                state = await self._request("GET", f"/exec/{exec_id}/json")
+            exit_code = state.get("ExitCode") if isinstance(state, dict) else None
+            return ExecResult(
+                exit_code if isinstance(exit_code, int) else 2,
+                f"timed out after {timeout:g} s",
+                timed_out=True,
+            )
         except (aiohttp.ClientError, OSError) as err:
             raise DockerError(f"exec start: {err}") from err
         state = await self._request("GET", f"/exec/{exec_id}/json")

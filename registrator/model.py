@@ -116,6 +116,21 @@ class Container:
     finished_at: str = ""
     # The Swarm service this task container belongs to, when the agent could read it.
     swarm_service: SwarmService | None = None
+    # Config.StopSignal as Docker holds it ("SIGTERM", "TERM", "15"; "" means SIGTERM) and
+    # Config.StopTimeout in seconds (None: not set; `docker stop` then waits 10 s).
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+    # State.StartedAt (RFC 3339 with nanoseconds, UTC; "" if it never started).
+    started_at: str = ""
+    # `--network container:X`: the container X whose network stack this one shares, as the
+    # shell read it (None: not read, or gone). See planner.on_owner_stack.
+    network_owner: Container | None = None
+
+    @property
+    def network_owner_ref(self) -> str:
+        """The id (or name) after `container:` in HostConfig.NetworkMode, else ""."""
+        mode, _, ref = self.network_mode.partition(":")
+        return ref if mode == "container" else ""
 
 
 @dataclass(frozen=True, slots=True)

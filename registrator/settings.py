@@ -378,7 +378,8 @@ class Settings:
         False,
         "REGISTRATOR_DRAIN",
         parse_bool,
-        "on a stop/kill event, put the container's services in maintenance before it dies",
+        "on the container's own stop signal, put its services in maintenance until it dies "
+        "(or outlives its stop timeout)",
         is_bool=True,
     )
     deregister_on_exit: bool = option(

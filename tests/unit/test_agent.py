@@ -18,7 +18,7 @@ from tests.unit.fakes import A, B, FakeConsul, FakeDocker, sid, until
 FAST = Timing(
     event_backoff=(0.01, 0.05),
     reconcile_backoff=(0.01, 0.05),
-    drain_recheck=0.05,
+    drain_scale=0.005,
     shutdown_idle=0.2,
     shutdown_deregister=0.2,
 )

@@ -281,7 +281,7 @@ def test_ttl_check(labels: dict[str, str], expected: dict[str, object]) -> None:
     ("interval", "ttl"),
     [
         pytest.param("", "30s", id="default interval: 30s floor"),
-        pytest.param("250ms", "30s", id="short interval: 30s floor"),
+        pytest.param("2s", "30s", id="short interval: 30s floor"),
         pytest.param("1m", "180s", id="three intervals"),
         pytest.param("1.5h", "16200s", id="fractional hours"),
         pytest.param("100h", "1080000s", id="long interval in fixed point"),
@@ -578,6 +578,29 @@ def test_bad_values_are_problems(
 )
 def test_is_duration(text: str, valid: bool) -> None:
     assert is_duration(text) is valid
+
+
+@pytest.mark.parametrize(
+    ("interval", "seconds", "clamped"),
+    [
+        pytest.param("1ms", 1.0, True, id="1ms (the issue's flood) clamped to 1s"),
+        pytest.param("999ms", 1.0, True, id="just under the floor"),
+        pytest.param("1s", 1.0, False, id="the floor itself"),
+        pytest.param("1500ms", 1.5, False, id="above the floor"),
+    ],
+)
+def test_script_interval_floor(interval: str, seconds: float, clamped: bool) -> None:
+    result = build({"SERVICE_CHECK_SCRIPT": "true", "SERVICE_CHECK_INTERVAL": interval})
+    assert result.script_interval == seconds
+    assert list(by_kind(result)) == ["script"]
+    if clamped:
+        (problem,) = result.problems
+        assert str(problem) == (
+            f"container web-1: label SERVICE_CHECK_INTERVAL: {interval!r} is shorter than 1s, "
+            "the shortest interval a script check runs at; using 1s"
+        )
+    else:
+        assert result.problems == ()
 
 
 # --- script checks: gliderlabs' placeholders, and how the script is run -------------------------
