@@ -199,9 +199,10 @@ class FakeConsul:
         self.entries: dict[str, dict[str, Any]] = {}  # as GET /v1/agent/services answers
         self.check_updates: list[tuple[str, str, str]] = []
         self.maintenance: list[tuple[str, bool]] = []
+        self.in_maintenance: dict[str, str] = {}  # service id → reason
         self.registers: list[str] = []
         self.deregisters: list[str] = []
-        self.checks: set[str] = set()  # check ids the agent holds
+        self.check_ids: set[str] = set()  # check ids the agent holds
         self.gates = Gates()
         self.down = False
         self.forbidden: dict[str, tuple[str, ...]] = {}
@@ -209,7 +210,7 @@ class FakeConsul:
 
     def lose_state(self) -> None:
         self.entries.clear()
-        self.checks.clear()
+        self.check_ids.clear()
 
     async def _call(self, name: str, write: bool = False, target: str = "") -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
@@ -231,10 +232,20 @@ class FakeConsul:
         await self._call("services")
         return copy.deepcopy(self.entries)
 
+    async def checks(self) -> dict[str, dict[str, Any]]:
+        """Only the maintenance checks (what the agent reads checks for)."""
+        await self._call("checks")
+        return {
+            f"_service_maintenance:{service_id}": {"ServiceID": service_id, "Notes": reason}
+            for service_id, reason in self.in_maintenance.items()
+        }
+
     async def register(self, body: Mapping[str, Any]) -> None:
         await self._call("register", write=True, target=body["ID"])
+        # As the real agent with ?replace-existing-checks: maintenance is dropped.
+        self.in_maintenance.pop(body["ID"], None)
         self.registers.append(body["ID"])
-        self.checks.update(check["CheckID"] for check in body.get("Checks", ()))
+        self.check_ids.update(check["CheckID"] for check in body.get("Checks", ()))
         self.entries[body["ID"]] = {
             "ID": body["ID"],
             "Service": body["Name"],
@@ -251,7 +262,7 @@ class FakeConsul:
 
     async def update_check(self, check_id: str, status: str, output: str) -> None:
         await self._call("update_check", write=True)
-        if check_id not in self.checks:
+        if check_id not in self.check_ids:
             raise ConsulError(
                 f'PUT /v1/agent/check/update/{check_id}: HTTP 404: Unknown check ID "{check_id}"',
                 404,
@@ -262,6 +273,10 @@ class FakeConsul:
     async def service_maintenance(self, service_id: str, enable: bool, reason: str) -> None:
         await self._call("service_maintenance", write=True)
         self.maintenance.append((service_id, enable))
+        if enable:
+            self.in_maintenance[service_id] = reason
+        else:
+            self.in_maintenance.pop(service_id, None)
 
 
 async def until(predicate: Callable[[], bool], what: str, seconds: float = 2.0) -> None:

@@ -49,7 +49,7 @@ async def start(docker: FakeDocker, consul: FakeConsul) -> AsyncIterator[Start]:
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
     async def start(**options: object) -> Agent:
-        settings = Settings(**{"resync": 0, "retry_interval": 1, **options})  # type: ignore[arg-type]
+        settings = Settings(**{"resync": 0, "retry_interval": 1, "node_ttl": 0, **options})  # type: ignore[arg-type]
         agent = Agent(settings, docker, consul, SCALED)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
@@ -363,7 +363,7 @@ async def test_late_update_of_a_service_just_deregistered_is_not_a_lost_state(
     check = check_of(r, sid("web"), CheckKind.DOCKER_HEALTH)
     docker.remove(A)
     await r.reconcile_container(A)
-    consul.checks.clear()
+    consul.check_ids.clear()
     r.checks.on_unknown_check(check)
     assert requested == [] and "lost its state" not in caplog.text
     await r.close()
