@@ -139,6 +139,19 @@ class ConsulClient:
             raise ConsulError("GET /v1/agent/services: unexpected answer")
         return {k: v for k, v in answer.items() if isinstance(v, dict)}
 
+    async def service(self, service_id: str) -> dict[str, Any] | None:
+        """`GET /v1/agent/service/:id`: the agent's entry for one service id, None if it has
+        none (HTTP 404)."""
+        try:
+            answer = await self._call("GET", f"/v1/agent/service/{quote(service_id, safe='')}")
+        except ConsulError as err:
+            if err.status == 404:
+                return None
+            raise
+        if not isinstance(answer, dict):
+            raise ConsulError("GET /v1/agent/service: unexpected answer")
+        return answer
+
     async def register(self, body: Mapping[str, Any]) -> None:
         # replace-existing-checks: the registration is whole, so a check removed from the
         # labels disappears from Consul instead of lingering.

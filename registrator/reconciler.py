@@ -18,7 +18,13 @@ from registrator.docker import DockerError
 from registrator.inspects import Inspects
 from registrator.ledger import Ledger
 from registrator.model import META_HASH, Container, HeldService, Plan, Service
-from registrator.payload import held_from_agent, held_from_service, payload_hash, registration
+from registrator.payload import (
+    foreign_holder,
+    held_from_agent,
+    held_from_service,
+    payload_hash,
+    registration,
+)
 from registrator.plan import (
     Maintenance,
     Outcome,
@@ -149,10 +155,16 @@ class Reconciler:
             vip_keys = await self.swarm.refresh(self.ledger.held)
 
             fresh: dict[str, dict[str, HeldService]] = {}
-            for entry in entries.values():
+            foreign: dict[str, str] = {}
+            for service_id, entry in entries.items():
                 held = held_from_agent(entry, self.context.node)
                 if held is not None:
                     fresh.setdefault(held.container_id, {})[held.id] = held
+                holder = foreign_holder(entry, self.context.node)
+                if holder is not None:
+                    foreign[str(entry.get("ID", service_id))] = holder
+            # What the listing says replaces what was known: an entry gone from it is free.
+            self.ledger.foreign = foreign
             states = {str(item["Id"]): str(item.get("State", "")) for item in listed}
             container_ids = set(states) | set(fresh) | set(self.ledger.held) | vip_keys
             semaphore = asyncio.Semaphore(FULL_RECONCILE_CONCURRENCY)
@@ -166,7 +178,9 @@ class Reconciler:
                     # A container missing from the list may have been created after it:
                     # inspect to tell "gone" from "new" instead of deregistering it.
                     state = states.get(container_id)
-                    await self._reconcile_locked(container_id, state, force_inspect=state is None)
+                    await self._reconcile_locked(
+                        container_id, state, force_inspect=state is None, listed=True
+                    )
 
             await asyncio.gather(*(one(cid) for cid in container_ids))
             self.ledger.drop_empty(container_ids)
@@ -183,8 +197,9 @@ class Reconciler:
         return await self.swarm.attach(await self.inspects.read(key, list_state, force, holds))
 
     async def _reconcile_locked(
-        self, container_id: str, list_state: str | None, force_inspect: bool
+        self, container_id: str, list_state: str | None, force_inspect: bool, listed: bool = False
     ) -> None:
+        """`listed`: part of a full reconcile, whose listing of Consul's services is fresh."""
         self.stats.container_reconciles += 1
         if is_vip_key(container_id) and not self.swarm.readable:
             return  # frozen until Swarm answers again (see SwarmView.refresh)
@@ -198,6 +213,18 @@ class Reconciler:
             return
         touched = set(self.ledger.held.get(container_id, {}))
         outcome = plan_container(container_id, container, self.ledger.holdings(), self.context)
+        if not listed:
+            # Between listings someone may have registered an id we are about to take, or
+            # removed one we left to them: ask Consul before the first write of such an id.
+            try:
+                if await self._look_up_holders(container_id, outcome):
+                    outcome = plan_container(
+                        container_id, container, self.ledger.holdings(), self.context
+                    )
+            except ConsulError as err:
+                self.status.error("consul", f"look up service ids: {err}", err.transient)
+                self.status.retry_needed = True
+                return
         self._report_problems(container_id, outcome)
         self.ledger.note(container_id, outcome.contested, outcome.kept)
         if not outcome.plan.empty:
@@ -213,6 +240,28 @@ class Reconciler:
         # A kept container runs no scripts: its checks stay at the critical the plan set.
         scripts = {} if outcome.kept else self.ledger.registered
         self.checks.sync_scripts(scripts, touched | desired)
+
+    async def _look_up_holders(self, container_id: str, outcome: Outcome) -> bool:
+        """GET each id this outcome writes for the first time, or leaves to a foreign holder;
+        record who holds it. True if that changes what the planner knew. Raises ConsulError.
+
+        An id this container already holds is not looked up: an unchanged container costs
+        no call, and a changed one only its new ids.
+        """
+        own = self.ledger.held.get(container_id, {})
+        ids = [s.id for s in outcome.plan.register if s.id not in own] + list(outcome.foreign)
+        changed = False
+        for service_id in ids:
+            entry = await self.consul.service(service_id)
+            self.status.answered("consul")
+            holder = None if entry is None else foreign_holder(entry, self.context.node)
+            if self.ledger.foreign.get(service_id) != holder:
+                changed = True
+                if holder is None:
+                    self.ledger.foreign.pop(service_id, None)
+                else:
+                    self.ledger.foreign[service_id] = holder
+        return changed
 
     async def _apply(self, container_id: str, container: Container | None, plan: Plan) -> None:
         held_before = dict(self.ledger.held.get(container_id, {}))
@@ -339,16 +388,18 @@ class Reconciler:
     # --- reporting ------------------------------------------------------------------------
 
     def _report_problems(self, container_id: str, outcome: Outcome) -> None:
-        """Log a container's metadata problems once per change, not on every resync."""
+        """Log each metadata problem of a container once, not on every resync: a new problem
+        is logged, the ones already logged are not repeated."""
         if outcome.problems is None:
             if not outcome.kept:
                 self._reported_problems.pop(container_id, None)
             return
         current = frozenset(outcome.problems)
-        if self._reported_problems.get(container_id) == current:
+        previous = self._reported_problems.get(container_id, frozenset())
+        if previous == current:
             return
         self._reported_problems[container_id] = current
-        for problem in sorted(current):
+        for problem in sorted(current - previous):
             log.warning("%s", problem)
 
     def _reject(self, service: Service, err: ConsulError) -> None:

@@ -209,6 +209,10 @@ class FakeConsul:
         await self._call("services")
         return copy.deepcopy(self.entries)
 
+    async def service(self, service_id: str) -> dict[str, Any] | None:
+        await self._call("service")
+        return copy.deepcopy(self.entries.get(service_id))
+
     async def register(self, body: Mapping[str, Any]) -> None:
         await self._call("register", write=True)
         self.registers.append(body["ID"])
