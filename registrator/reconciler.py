@@ -184,6 +184,8 @@ class Reconciler:
 
             await asyncio.gather(*(one(cid) for cid in container_ids))
             self.ledger.drop_empty(container_ids)
+            for key in [key for key in self._reported_problems if key not in container_ids]:
+                self._reported_problems.pop(key, None)
             self.stats.full_reconciles += 1
             self.stats.last_full_seconds = asyncio.get_running_loop().time() - started
             self.synced = True
@@ -225,7 +227,9 @@ class Reconciler:
                 self.status.error("consul", f"look up service ids: {err}", err.transient)
                 self.status.retry_needed = True
                 return
-        self._report_problems(container_id, outcome)
+        # Gone for sure only when Docker said so; a listing taken before the container
+        # started gives None too, and forgetting its problems then would log them again.
+        self._report_problems(container_id, outcome, gone=container is None and not list_state)
         self.ledger.note(container_id, outcome.contested, outcome.kept)
         if not outcome.plan.empty:
             await self._apply(container_id, container, outcome.plan)
@@ -387,11 +391,11 @@ class Reconciler:
 
     # --- reporting ------------------------------------------------------------------------
 
-    def _report_problems(self, container_id: str, outcome: Outcome) -> None:
+    def _report_problems(self, container_id: str, outcome: Outcome, gone: bool) -> None:
         """Log each metadata problem of a container once, not on every resync: a new problem
         is logged, the ones already logged are not repeated."""
         if outcome.problems is None:
-            if not outcome.kept:
+            if gone:
                 self._reported_problems.pop(container_id, None)
             return
         current = frozenset(outcome.problems)
