@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from docker.models.containers import Container
+from docker.models.networks import Network
 
 from registrator.model import META_CONTAINER, META_NODE, META_SOURCE, OWNER_SOURCE
-from tests.helpers import ConsulAgent, ContainerFactory, async_wait_until
+from tests.helpers import ConsulAgent, ContainerFactory, NetworkFactory, async_wait_until
 from tests.integration.conftest import StartAgent
 
 
@@ -22,8 +23,14 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
 
 
-async def run(containers: ContainerFactory, suffix: str, **kwargs: Any) -> Container:
-    return await asyncio.to_thread(containers.run, suffix, **kwargs)
+async def run(containers: ContainerFactory, net: Network, suffix: str, **kwargs: Any) -> Container:
+    return await asyncio.to_thread(containers.run, suffix, network=net, **kwargs)
+
+
+@pytest.fixture
+def net(docker_network: NetworkFactory) -> Network:
+    """A network of the test's own (198.18.0.0/15), so nothing depends on docker0."""
+    return docker_network.create("net")
 
 
 def warnings_about(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
@@ -68,6 +75,7 @@ def checks_of(consul: ConsulAgent, service_id: str) -> dict[str, dict[str, Any]]
 async def test_malformed_check_key_makes_the_service_critical_in_consul(
     start_agent: StartAgent,
     containers: ContainerFactory,
+    net: Network,
     consul: ConsulAgent,
     caplog: pytest.LogCaptureFixture,
     labels: dict[str, str],
@@ -80,6 +88,7 @@ async def test_malformed_check_key_makes_the_service_critical_in_consul(
     with caplog.at_level(logging.WARNING):
         box = await run(
             containers,
+            net,
             "misconf",
             labels={"SERVICE_NAME": name, **labels},
             environment=environment,
@@ -107,6 +116,7 @@ async def test_malformed_check_key_makes_the_service_critical_in_consul(
 async def test_bare_whole_numbers_are_seconds_and_said_once(
     start_agent: StartAgent,
     containers: ContainerFactory,
+    net: Network,
     consul: ConsulAgent,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -114,6 +124,7 @@ async def test_bare_whole_numbers_are_seconds_and_said_once(
     with caplog.at_level(logging.WARNING):
         box = await run(
             containers,
+            net,
             "bare",
             labels={
                 "SERVICE_NAME": unique("bare"),
@@ -150,6 +161,7 @@ def holder_meta(consul: ConsulAgent, service_id: str) -> dict[str, str] | None:
 async def test_hand_registered_id_is_never_taken_over_and_is_taken_when_gone(
     start_agent: StartAgent,
     containers: ContainerFactory,
+    net: Network,
     consul: ConsulAgent,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -165,7 +177,7 @@ async def test_hand_registered_id_is_never_taken_over_and_is_taken_when_gone(
     running = await start_agent("-resync", "1")
     labels = {"SERVICE_ID": service_id, "SERVICE_NAME": "db"}
     with caplog.at_level(logging.WARNING):
-        first = await run(containers, "db1", labels=labels, ports={"80/tcp": None})
+        first = await run(containers, net, "db1", labels=labels, ports={"80/tcp": None})
         await async_wait_until(
             lambda: warnings_about(caplog, first.name, service_id),
             timeout=10,
@@ -190,7 +202,7 @@ async def test_hand_registered_id_is_never_taken_over_and_is_taken_when_gone(
     assert holder_meta(consul, service_id) == {"owner": "ops"}
 
     # Another container wants it, and ops remove theirs: ours within one resync.
-    second = await run(containers, "db2", labels=labels, ports={"80/tcp": None})
+    second = await run(containers, net, "db2", labels=labels, ports={"80/tcp": None})
     await asyncio.sleep(1)
     assert holder_meta(consul, service_id) == {"owner": "ops"}
     consul.put(f"/v1/agent/service/deregister/{service_id}")
@@ -209,6 +221,7 @@ async def test_hand_registered_id_is_never_taken_over_and_is_taken_when_gone(
 async def test_another_nodes_entry_is_never_taken_over_by_an_event_driven_write(
     start_agent: StartAgent,
     containers: ContainerFactory,
+    net: Network,
     consul: ConsulAgent,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -227,6 +240,7 @@ async def test_another_nodes_entry_is_never_taken_over_by_an_event_driven_write(
     with caplog.at_level(logging.WARNING):
         box = await run(
             containers,
+            net,
             "fixed",
             labels={"SERVICE_ID": service_id, "SERVICE_NAME": "fixed"},
             ports={"80/tcp": None},
@@ -251,6 +265,7 @@ async def test_another_nodes_entry_is_never_taken_over_by_an_event_driven_write(
 async def test_two_nodes_with_one_fixed_id_do_not_take_it_from_each_other(
     start_agent: StartAgent,
     containers: ContainerFactory,
+    net: Network,
     consul: ConsulAgent,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -258,6 +273,7 @@ async def test_two_nodes_with_one_fixed_id_do_not_take_it_from_each_other(
     first = await start_agent("-resync", "1")
     box = await run(
         containers,
+        net,
         "fixed",
         labels={"SERVICE_ID": service_id, "SERVICE_NAME": "fixed"},
         ports={"80/tcp": None},
