@@ -61,8 +61,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     REGISTRATOR_HTTP_ADDR=127.0.0.1:9876
 # No USER line on purpose: started as root (as gliderlabs stack files do, with no `user:`), the
-# entrypoint drops to uid 10001 with the Docker socket's group before registrator starts;
-# started as `user: "10001:<gid>"` it just runs. Either way the agent never runs as root.
+# entrypoint drops to uid 10001 with the group of the Docker socket the agent will use (warning
+# if that is group 0), after copying root-only secret files (token, TLS key) where the agent can
+# read them; started as `user: "10001:<gid>"` it just runs. Either way the agent never runs as
+# root.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python3", "/opt/registrator/healthcheck.py"]
 ENTRYPOINT ["python3", "/opt/registrator/entrypoint.py"]

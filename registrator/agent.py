@@ -11,9 +11,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from registrator.addresses import AddressChoice, choose_default_address
 from registrator.backends import ConsulAPI, DockerAPI
 from registrator.consul import ConsulError
 from registrator.containers import as_dict
@@ -25,6 +26,7 @@ from registrator.events import (
     is_subscribed,
     since_from_time_nano,
 )
+from registrator.hostnet import host_address
 from registrator.planner import PlanContext
 from registrator.reconciler import Reconciler
 from registrator.settings import Settings
@@ -47,6 +49,7 @@ class Identity:
     default_address: str
     docker_version: str
     consul_node: str
+    address: AddressChoice = field(default_factory=AddressChoice)
 
 
 def _hint(err: DockerError | ConsulError) -> str:
@@ -63,26 +66,51 @@ def plan_context(
     docker_info: dict[str, Any],
     consul_self: dict[str, Any],
     docker_version: str = "",
+    host: str = "",
 ) -> tuple[Identity, PlanContext]:
-    """Who we are and how to plan, from settings and what Docker and Consul said at startup."""
+    """Who we are and how to plan, from settings and what Docker and Consul said at startup;
+    `host` is the host's primary address when the agent runs in its network namespace."""
     node = settings.node or str(docker_info.get("Name") or "")
     if not node:
         raise StartupError("Docker info has no Name; set -node or REGISTRATOR_NODE")
     swarm = as_dict(docker_info.get("Swarm"))
     member = as_dict(consul_self.get("Member"))
-    # What "the host's address" is when a port is published on all interfaces: the Swarm
-    # node address if this engine is in a swarm, else the address the local Consul agent
-    # advertises (on the standard deployment, one agent per host, that is the host's LAN
-    # address). Never a hostname lookup: that gave gliderlabs users 127.0.1.1.
+    # What "the host's address" is when a port is published on all interfaces: see
+    # registrator.addresses for the chain. Never a hostname lookup: that gave gliderlabs
+    # users 127.0.1.1.
     swarm_address = str(swarm.get("NodeAddr") or "") if in_swarm(docker_info) else ""
-    default_address = settings.ip or swarm_address or str(member.get("Addr") or "")
+    address = choose_default_address(
+        settings.ip, swarm_address, str(member.get("Addr") or ""), host
+    )
+    default_address = address.address
     identity = Identity(
         node=node,
         default_address=default_address,
         docker_version=docker_version,
         consul_node=str(as_dict(consul_self.get("Config")).get("NodeName") or ""),
+        address=address,
     )
     return identity, PlanContext(node, default_address, settings)
+
+
+def address_warnings(choice: AddressChoice, internal: bool) -> list[str]:
+    """What to say once at startup about the default address (see registrator.addresses)."""
+    if choice.address:
+        return []
+    passed = "; ".join(choice.skipped) or "no Swarm or Consul agent address"
+    needs = "host-network containers" if internal else "published ports and host-network containers"
+    return [
+        f"no address to register {needs} at ({passed}, and the agent does not run in the "
+        "host's network namespace): they are not registered until -ip (REGISTRATOR_IP) gives "
+        "the host's address"
+    ]
+
+
+def _address_origin(choice: AddressChoice) -> str:
+    if not choice.address:
+        return ""
+    passed = "".join(f"; {note}, not used" for note in choice.skipped)
+    return f" (the {choice.source}{passed})"
 
 
 def swarm_notes(settings: Settings, docker_info: dict[str, Any]) -> list[str]:
@@ -177,6 +205,14 @@ class Agent:
         )
         self.status.answered("consul")
         self.identity, context = plan_context(self.settings, info, consul_self, docker_version)
+        if not self.identity.default_address:
+            # Only now: reading the host's address costs a GET /networks that a locked-down
+            # socket proxy may not allow, and most deployments never get this far.
+            self.identity, context = plan_context(
+                self.settings, info, consul_self, docker_version, await host_address(self.docker)
+            )
+        for warning in address_warnings(self.identity.address, self.settings.internal):
+            log.warning("%s", warning)
         node, default_address = self.identity.node, self.identity.default_address
         self.reconciler = Reconciler(
             self.docker,
@@ -190,13 +226,14 @@ class Agent:
         for note in swarm_notes(self.settings, info):
             log.warning("%s", note)
         log.info(
-            "started: node %s, Docker %s at %s, Consul at %s (node %s), default address %s",
+            "started: node %s, Docker %s at %s, Consul at %s (node %s), default address %s%s",
             node,
             docker_version,
             self.docker.host,
             self.consul.endpoint,
             self.identity.consul_node,
             default_address or "(none)",
+            _address_origin(self.identity.address),
         )
         return self.identity
 

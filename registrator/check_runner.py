@@ -8,7 +8,6 @@ one script loop per service with a SERVICE_CHECK_SCRIPT (docker exec in the cont
 from __future__ import annotations
 
 import asyncio
-import shlex
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
@@ -98,7 +97,7 @@ class CheckRunner:
             checks_mod.DEFAULT_INTERVAL
         )
         try:
-            command = shlex.split(service.script)
+            command = checks_mod.script_command(service.script)
         except ValueError as err:
             await self.report(script_update(check, None, f"cannot parse script: {err}"))
             return

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from registrator.labels import Metadata, unique
 from registrator.model import Check, CheckKind, Container, Problem
 from registrator.settings import Settings
+from registrator.vocabulary import bool_word, whole_number
 
 DEFAULT_INTERVAL = "10s"
 SCRIPT_TIMEOUT_SECONDS = 30.0
@@ -89,10 +90,6 @@ class ChecksResult:
     script_timeout: float = 0.0  # seconds one run may take (SERVICE_CHECK_TIMEOUT)
 
 
-# Words that turn a check key off (or a flag on) everywhere. Kept in step with the shared
-# yes/no vocabulary of the options, so `SERVICE_CHECK_TCP=off` means no TCP check.
-OFF_WORDS = frozenset({"0", "f", "false", "n", "no", "off"})
-ON_WORDS = frozenset({"1", "t", "true", "y", "yes", "on"})
 # Go's time.Duration is an int64 of nanoseconds: Consul refuses anything longer.
 MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
 # RFC 9110 token: what Go's net/http accepts as a method (anything else fails every probe).
@@ -102,7 +99,8 @@ MISCONFIGURED_TTL = "24h"
 
 
 def is_off(value: str) -> bool:
-    return value.strip().lower() in OFF_WORDS
+    """The shared yes/no words: `off`, `false`, `no`, `0` turn a check key off everywhere."""
+    return bool_word(value) is False
 
 
 def build_checks(
@@ -156,10 +154,10 @@ def build_checks(
 
     def switch(key: str) -> bool:
         """A yes/no key; absent, off or malformed (reported) is no."""
-        value = metadata.get(key).strip().lower()
-        if value and value not in ON_WORDS and value not in OFF_WORDS:
+        value = metadata.get(key).strip()
+        if value and bool_word(value) is None:
             malformed(key, "is not true/false, yes/no, on/off or 1/0", "taken as false")
-        return value in ON_WORDS
+        return bool_word(value) is True
 
     # Options shared by every probing check.
     interval = duration("CHECK_INTERVAL", DEFAULT_INTERVAL, positive=True)
@@ -186,9 +184,9 @@ def build_checks(
     ):
         raw = metadata.get(key).strip()
         if raw:
-            # ASCII and short: int() raises on "²" and on strings over 4300 digits.
-            if raw.isascii() and raw.isdigit() and len(raw) <= 9:
-                common[field] = int(raw)
+            number = whole_number(raw, 0, 999_999_999)
+            if number is not None:
+                common[field] = number
             else:
                 malformed(key, "is not a non-negative integer", "left unset (0)")
 
@@ -228,7 +226,7 @@ def build_checks(
 
     tcp = metadata.get("CHECK_TCP").strip()
     if tcp and not is_off(tcp):
-        if tcp.lower() in ON_WORDS:
+        if bool_word(tcp):
             add(CheckKind.TCP, f"TCP {_host_port(target)}", {"TCP": _host_port(target)})
         elif (match := _HOST_PORT.match(tcp)) and 0 < int(match.group(1)) < 65536:
             add(CheckKind.TCP, f"TCP {tcp}", {"TCP": tcp})
@@ -237,7 +235,7 @@ def build_checks(
 
     grpc = metadata.get("CHECK_GRPC").strip()
     if grpc and not is_off(grpc):
-        service = "" if grpc.lower() in ON_WORDS else grpc
+        service = "" if bool_word(grpc) else grpc
         address = _host_port(target) + (f"/{service}" if service else "")
         fields = {"GRPC": address}
         if switch("CHECK_GRPC_USE_TLS"):
@@ -251,13 +249,13 @@ def build_checks(
             fields = {"TTL": ttl, **{k: v for k, v in common.items() if k != "Timeout"}}
             add(CheckKind.TTL, f"TTL {ttl} (application heartbeats)", fields, probing=False)
 
-    script = metadata.get("CHECK_SCRIPT").strip()
+    script = with_service_address(metadata.get("CHECK_SCRIPT").strip(), target)
     script_interval = script_timeout = 0.0
     if script and is_off(script):
         script = ""
     if script:
         try:
-            shlex.split(script)
+            script_command(script)
         except ValueError as err:
             malformed("CHECK_SCRIPT", f"cannot be split into arguments ({err})", "no script")
             script = ""
@@ -272,10 +270,10 @@ def build_checks(
         # than a short interval without the script failing.
         script_timeout = duration_seconds(timeout) if timeout else SCRIPT_TIMEOUT_SECONDS
 
-    health_word = metadata.get("CHECK_DOCKER_HEALTH").strip().lower()
-    if health_word and health_word not in ON_WORDS | OFF_WORDS:
+    health_word = metadata.get("CHECK_DOCKER_HEALTH").strip()
+    if health_word and bool_word(health_word) is None:
         malformed("CHECK_DOCKER_HEALTH", "is not true/false, yes/no, on/off or 1/0", "mirrored")
-    if settings.docker_health and container.health and health_word not in OFF_WORDS:
+    if settings.docker_health and container.health and not is_off(health_word):
         add(
             CheckKind.DOCKER_HEALTH,
             "Docker HEALTHCHECK",
@@ -306,6 +304,34 @@ def build_checks(
             probing=False,
         )
     return ChecksResult(tuple(checks), tuple(problems), script, script_interval, script_timeout)
+
+
+# gliderlabs' placeholders (it replaced them before handing the script to Consul). The
+# braced form too; `$SERVICE_IPS` or `$SERVICE_PORT_X` are other variables, left alone.
+_PLACEHOLDER = re.compile(r"\$(?:\{(SERVICE_IP|SERVICE_PORT)\}|(SERVICE_IP|SERVICE_PORT)(?!\w))")
+
+
+def with_service_address(script: str, target: Target) -> str:
+    """`$SERVICE_IP` / `$SERVICE_PORT` (or `${…}`) → the registered address and port."""
+    values = {"SERVICE_IP": target.address, "SERVICE_PORT": str(target.port)}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1) or m.group(2)], script)
+
+
+# Characters that mean something only to a shell: pipes, lists, redirections, expansions,
+# globs, comments, grouping. A script without any of them runs the same with or without one.
+_SHELL_SYNTAX = frozenset("|&;<>()$`*?[]{}~#!\n")
+
+
+def script_command(script: str) -> list[str]:
+    """The argv registrator execs in the container for SERVICE_CHECK_SCRIPT.
+
+    A script that uses shell syntax runs as `sh -c SCRIPT`, as Consul ran gliderlabs' script
+    checks; a plain command runs directly (split as a shell would split it), so it also works
+    in images that have no shell. Raises ValueError for unbalanced quotes in a plain command.
+    """
+    if any(char in _SHELL_SYNTAX for char in script):
+        return ["sh", "-c", script]
+    return shlex.split(script)
 
 
 def _script_ttl(interval: str) -> str:

@@ -18,10 +18,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from registrator import __version__
+from registrator.addresses import explained_address
 from registrator.agent import Agent, StartupError, plan_context
 from registrator.consul import ConsulClient, ConsulError, ssl_context
 from registrator.containers import parse_container
 from registrator.docker import DockerClient, DockerError
+from registrator.hostnet import host_address
 from registrator.http import serve
 from registrator.payload import registration
 from registrator.planner import desired_services, keeps_registrations
@@ -35,6 +37,7 @@ EXIT_CONFIG = 2
 
 # gliderlabs' documented mount point; its stack files (and the seed's) use it.
 GLIDERLABS_SOCKET = "/tmp/docker.sock"
+DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
 # Fields some log calls attach (`extra=`), emitted as JSON keys so a log pipeline can filter
@@ -72,14 +75,25 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
 
 
-def resolve_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
-    """Fill what depends on the filesystem: token file, gliderlabs' socket path."""
+def docker_host(settings: Settings, environ: Mapping[str, str]) -> str:
+    """The Docker endpoint the agent will use: -docker-host, else DOCKER_HOST, else the
+    default socket, else gliderlabs' /tmp/docker.sock when only that one exists.
+
+    The image's entrypoint asks this too, so it gives the agent the group of this socket.
+    """
     if (
         "DOCKER_HOST" not in environ
-        and not Path("/var/run/docker.sock").exists()
+        and settings.docker_host == Settings().docker_host
+        and not Path(DEFAULT_SOCKET).exists()
         and Path(GLIDERLABS_SOCKET).exists()
     ):
-        settings = replace(settings, docker_host=f"unix://{GLIDERLABS_SOCKET}")
+        return f"unix://{GLIDERLABS_SOCKET}"
+    return settings.docker_host
+
+
+def resolve_environment(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """Fill what depends on the filesystem: token file, gliderlabs' socket path."""
+    settings = replace(settings, docker_host=docker_host(settings, environ))
     if settings.consul_token_file and not settings.consul_token:
         try:
             token = Path(settings.consul_token_file).read_text(encoding="utf-8").strip()
@@ -170,8 +184,14 @@ async def explain(settings: Settings, reference: str) -> int:
             consul_self = await consul.agent_self()
         except ConsulError as err:
             consul_self = {}
-            notes.append(f"Consul did not answer ({err}); its node address is unknown")
-        identity, context = plan_context(settings, info, consul_self, version)
+            notes.append(f"Consul did not answer ({err}); its agent's address is unknown")
+        host = await host_address(docker)
+        identity, context = plan_context(settings, info, consul_self, version, host)
+        shown = explained_address(identity.address, bool(consul_self), host)
+        if shown != identity.default_address:
+            # Plan with the marker as the address: every registration is still shown, and
+            # where the address would go is plainly not an address.
+            context = replace(context, default_address=shown)
         container = parse_container(document)
         result = desired_services(container, context)
         if keeps_registrations(container, settings.deregister):
@@ -180,7 +200,10 @@ async def explain(settings: Settings, reference: str) -> int:
             "container": container.name,
             "id": container.id,
             "node": identity.node,
-            "default_address": identity.default_address,
+            "default_address": shown,
+            "default_address_source": identity.address.source
+            if shown == identity.address.address
+            else "",
             "registrations": [registration(service) for service in result.services],
             "warnings": [str(problem) for problem in result.problems],
             "notes": notes,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from registrator.labels import Metadata, parse_tags
 from registrator.model import Container, Problem
+from registrator.vocabulary import bool_word, port_number
 
 # name[@datacenter]:[bind-address:]port — e.g. "db:5432", "cache@dc2:127.0.0.2:6379"
 _UPSTREAM = re.compile(
@@ -28,19 +29,6 @@ class ConnectResult:
     problems: tuple[Problem, ...] = ()
 
 
-def _port(text: str) -> int | None:
-    stripped = text.strip()
-    # ASCII and short: int() raises on "²" and on strings over 4300 digits.
-    if (
-        stripped.isascii()
-        and stripped.isdigit()
-        and len(stripped) <= 5
-        and 0 < int(stripped) < 65536
-    ):
-        return int(stripped)
-    return None
-
-
 def _reject_constant(name: str) -> object:
     """NaN and Infinity parse in Python but are not JSON; Consul would refuse the payload."""
     raise ValueError(f"{name} is not valid JSON")
@@ -53,7 +41,7 @@ def parse_upstreams(text: str) -> list[dict[str, object]]:
         if not item:
             continue
         match = _UPSTREAM.match(item)
-        port = _port(match.group("port")) if match else None
+        port = port_number(match.group("port")) if match else None
         if match is None or port is None:
             raise ValueError(f"{item!r} is not NAME[@DC]:[BIND_ADDRESS:]PORT")
         upstream: dict[str, object] = {
@@ -76,7 +64,7 @@ def parse_upstreams(text: str) -> list[dict[str, object]]:
 
 def build_connect(metadata: Metadata, container: Container) -> ConnectResult:
     mode = metadata.get("CONNECT").strip().lower()
-    if not mode or mode in {"false", "0", "no", "none"}:
+    if not mode or mode == "none" or bool_word(mode) is False:
         return ConnectResult(None)
 
     def fail(key: str, reason: str) -> ConnectResult:
@@ -91,7 +79,7 @@ def build_connect(metadata: Metadata, container: Container) -> ConnectResult:
 
     if mode == "native":
         return ConnectResult({"Native": True})
-    if mode not in {"sidecar", "true", "yes", "1"}:
+    if mode != "sidecar" and bool_word(mode) is not True:
         return fail("CONNECT", f"{mode!r} is not sidecar or native")
 
     sidecar: dict[str, object] = {}
@@ -105,7 +93,7 @@ def build_connect(metadata: Metadata, container: Container) -> ConnectResult:
 
     raw_port = metadata.get("CONNECT_SIDECAR_PORT").strip()
     if raw_port:
-        port = _port(raw_port)
+        port = port_number(raw_port)
         if port is None:
             return fail("CONNECT_SIDECAR_PORT", f"{raw_port!r} is not a port number")
         sidecar["Port"] = port
@@ -121,7 +109,7 @@ def build_connect(metadata: Metadata, container: Container) -> ConnectResult:
             return fail("CONNECT_LOCAL_ADDRESS", f"{local_address!r} is not an IP address")
     raw_local_port = metadata.get("CONNECT_LOCAL_PORT").strip()
     if raw_local_port:
-        local_port = _port(raw_local_port)
+        local_port = port_number(raw_local_port)
         if local_port is None:
             return fail("CONNECT_LOCAL_PORT", f"{raw_local_port!r} is not a port number")
         proxy["LocalServicePort"] = local_port

@@ -13,9 +13,9 @@ import json
 import ssl
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
+import yarl
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -24,6 +24,7 @@ from tenacity import (
     wait_random,
 )
 
+from registrator.ids import path_segment
 from registrator.settings import ConsulEndpoint
 
 
@@ -87,14 +88,20 @@ class ConsulClient:
     async def _once(
         self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None
     ) -> Any:
-        url = f"{self.endpoint.base_url}{path}"
+        # encoded=True: the path is already percent-encoded (ids via path_segment), and yarl
+        # would otherwise decode %2E%2E and drop the segment, deregistering another id.
+        url = yarl.URL(f"{self.endpoint.base_url}{path}", encoded=True)
         self.requests += 1
         if method != "GET":
             self.writes += 1
         try:
-            async with self._client().request(method, url, json=body, params=params) as resp:
+            # No redirects: Consul's router answers a path it cleaned (`a/../b`) with a 301 to
+            # another id's path, and following it would act on that other service.
+            async with self._client().request(
+                method, url, json=body, params=params, allow_redirects=False
+            ) as resp:
                 text = await resp.text()
-                if resp.status >= 400:
+                if resp.status >= 300:
                     raise ConsulError(
                         f"{method} {path}: HTTP {resp.status}: {text.strip()[:300]}",
                         status=resp.status,
@@ -143,7 +150,7 @@ class ConsulClient:
         """`GET /v1/agent/service/:id`: the agent's entry for one service id, None if it has
         none (HTTP 404)."""
         try:
-            answer = await self._call("GET", f"/v1/agent/service/{quote(service_id, safe='')}")
+            answer = await self._call("GET", f"/v1/agent/service/{path_segment(service_id)}")
         except ConsulError as err:
             if err.status == 404:
                 return None
@@ -164,7 +171,7 @@ class ConsulClient:
 
     async def deregister(self, service_id: str) -> None:
         try:
-            await self._call("PUT", f"/v1/agent/service/deregister/{quote(service_id, safe='')}")
+            await self._call("PUT", f"/v1/agent/service/deregister/{path_segment(service_id)}")
         except ConsulError as err:
             # Already gone is what we wanted; Consul says 404 (older versions: 500 "Unknown").
             if err.status == 404 or "Unknown service" in str(err):
@@ -174,14 +181,14 @@ class ConsulClient:
     async def update_check(self, check_id: str, status: str, output: str) -> None:
         await self._call(
             "PUT",
-            f"/v1/agent/check/update/{quote(check_id, safe='')}",
+            f"/v1/agent/check/update/{path_segment(check_id)}",
             body={"Status": status, "Output": output[-4096:]},
         )
 
     async def service_maintenance(self, service_id: str, enable: bool, reason: str) -> None:
         await self._call(
             "PUT",
-            f"/v1/agent/service/maintenance/{quote(service_id, safe='')}",
+            f"/v1/agent/service/maintenance/{path_segment(service_id)}",
             params={"enable": "true" if enable else "false", "reason": reason},
         )
 

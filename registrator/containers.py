@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from registrator.model import Container, ContainerPort, NetworkAttachment, PortBinding
+from registrator.vocabulary import port_number
 
 
 class InspectError(ValueError):
@@ -48,11 +49,8 @@ def parse_env(entries: Any) -> dict[str, str]:
 
 def _parse_port_key(key: str) -> tuple[int, str] | None:
     number, _, protocol = key.partition("/")
-    try:
-        port = int(number)
-    except ValueError:
-        return None
-    if not 0 < port < 65536:
+    port = port_number(number)
+    if port is None:
         return None
     return port, (protocol or "tcp").lower()
 
@@ -101,7 +99,11 @@ def _parse_networks(settings: Mapping[str, Any]) -> tuple[NetworkAttachment, ...
         raw = as_dict(raw)
         networks.append(
             NetworkAttachment(
-                name=name, ip=as_str(raw.get("IPAddress")), network_id=as_str(raw.get("NetworkID"))
+                name=name,
+                ip=as_str(raw.get("IPAddress")),
+                network_id=as_str(raw.get("NetworkID")),
+                # Link-local addresses (fe80::) are never listed here, only global/ULA ones.
+                ipv6=as_str(raw.get("GlobalIPv6Address")),
             )
         )
     return tuple(networks)

@@ -37,9 +37,30 @@ class ContainerPort:
 
 @dataclass(frozen=True)
 class NetworkAttachment:
+    """One network of a container: its IPv4 and (global) IPv6 address there, either may be ""."""
+
     name: str
     ip: str
     network_id: str = ""
+    ipv6: str = ""
+
+    @property
+    def address(self) -> str:
+        """The address to register: IPv4 on a dual-stack network, else the one there is."""
+        return self.ip or self.ipv6
+
+    def tagged_addresses(self) -> dict[str, str]:
+        """Consul's `lan_ipv4`/`lan_ipv6` tagged addresses, given where IPv6 is in play.
+
+        An IPv4-only network gives none: `Address` says it all, and registrations stay as
+        they were before IPv6 was read.
+        """
+        if not self.ipv6:
+            return {}
+        tagged = {"lan_ipv6": self.ipv6}
+        if self.ip:
+            tagged["lan_ipv4"] = self.ip
+        return tagged
 
 
 @dataclass(frozen=True)
@@ -183,6 +204,12 @@ class Service:
     script: str = ""
     script_interval: float = 0.0  # seconds between script runs (not sent either)
     script_timeout: float = 0.0  # seconds one script run may take (not sent either)
+    # Consul's `Weights` (Passing, Warning) for DNS SRV answers; None keeps Consul's (1, 1).
+    weights: tuple[int, int] | None = None
+    # Consul's `EnableTagOverride`: tags changed in the catalog by others are kept.
+    enable_tag_override: bool = False
+    # Consul's `TaggedAddresses` by name (lan_ipv4, lan_ipv6), each at the service's port.
+    tagged_addresses: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,16 @@ def _body(service: Service) -> dict[str, Any]:
         body["Checks"] = checks
     if service.connect is not None:
         body["Connect"] = dict(service.connect)
+    # Sent only when set, so registrations without them keep the body (and hash) they had.
+    if service.weights is not None:
+        body["Weights"] = {"Passing": service.weights[0], "Warning": service.weights[1]}
+    if service.enable_tag_override:
+        body["EnableTagOverride"] = True
+    if service.tagged_addresses:
+        body["TaggedAddresses"] = {
+            name: {"Address": address, "Port": service.port}
+            for name, address in sorted(service.tagged_addresses.items())
+        }
     return body
 
 

@@ -7,17 +7,22 @@ options) arrives in a PlanContext, and everything it cannot honour leaves as a P
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from registrator import checks as checks_mod
+from registrator.addresses import is_loopback
 from registrator.connect import build_connect
+from registrator.ids import unaddressable
 from registrator.labels import (
+    IP_OPT_IN,
     Metadata,
-    expand_template,
+    address_override,
     is_true_ignore,
     parse_tags,
     problems_with_keys,
+    service_fields,
     service_meta,
     service_metadata,
     unique,
@@ -40,6 +45,7 @@ from registrator.model import (
 from registrator.payload import payload_hash
 from registrator.settings import DeregisterMode, Settings
 from registrator.swarm import is_vip_key, task_service_id
+from registrator.vocabulary import expand_template, port_number
 
 LABEL_SWARM_SERVICE = "com.docker.swarm.service.name"
 LABEL_STACK_NAMESPACE = "com.docker.stack.namespace"
@@ -71,6 +77,7 @@ class _Endpoint:
     protocol: str
     address: str
     port: int
+    tagged_addresses: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,7 +137,7 @@ def choose_network(
     origin: str = "REGISTRATOR_NETWORK",
 ) -> NetworkAttachment | None:
     """The network whose address to register; `origin` names where `preferred` came from."""
-    attached = [n for n in container.networks if n.ip]
+    attached = [n for n in container.networks if n.address]
     if preferred:
         for network in attached:
             if network.name == preferred:
@@ -207,14 +214,32 @@ def _endpoints(
             else:
                 problems.add("-internal", "container has no address on any network; not registered")
             return []
-        return [_Endpoint(p.port, p.protocol, network.ip, p.port) for p in ports]
+        tagged = network.tagged_addresses()
+        return [_Endpoint(p.port, p.protocol, network.address, p.port, tagged) for p in ports]
     endpoints = []
     for port in ports:
         binding = _pick_binding(port)
         if binding is not None:
-            address = ctx.settings.ip or (
-                binding.host_ip if _is_specific(binding.host_ip) else ctx.default_address
-            )
+            if is_loopback(binding.host_ip):
+                # `-p 127.0.0.1:8080:80` was asked for: the port is served there and nowhere
+                # else, so -ip or the node address would name a port nothing listens on.
+                problems.add(
+                    f"published port {binding.host_ip}:{binding.host_port}->{port.port}/"
+                    f"{port.protocol}",
+                    "published on a loopback address only: registered at it, so it is "
+                    "reachable from this host only (publish on 0.0.0.0 or a LAN address to "
+                    "serve other hosts)",
+                )
+                address = binding.host_ip
+            else:
+                address = _published_address(binding, ctx)
+                if not address and binding.host_ip == "::":
+                    problems.add(
+                        f"port {port.port}/{port.protocol}",
+                        "published on IPv6 (::) only and no IPv6 address of this host is known "
+                        "(set -ip to one); not registered",
+                    )
+                    continue
             endpoints.append(_Endpoint(port.port, port.protocol, address, binding.host_port))
             continue
         # Published through the routing mesh: every node answers on the published port, so
@@ -235,10 +260,13 @@ def _preferred_network(base: Metadata, ctx: PlanContext) -> tuple[str, str]:
 def _pick_binding(port: ContainerPort) -> PortBinding | None:
     """Docker lists a 0.0.0.0 and a :: binding for one `-p`; one registration serves both.
 
-    A specific IPv4 binding is the most deliberate choice, then any IPv4, then IPv6.
+    A specific IPv4 binding is the most deliberate choice, then any IPv4, then IPv6, and a
+    loopback one only when there is nothing else.
     """
 
     def rank(binding: PortBinding) -> int:
+        if is_loopback(binding.host_ip):
+            return 3  # serves this host only: the last choice
         if ":" in binding.host_ip:
             return 2
         return 0 if _is_specific(binding.host_ip) else 1
@@ -250,6 +278,19 @@ def _is_specific(host_ip: str) -> bool:
     return host_ip not in {"", "0.0.0.0", "::"}
 
 
+def _published_address(binding: PortBinding, ctx: PlanContext) -> str:
+    """Where clients reach a published port; "" when only an IPv6 one would do and none is known.
+
+    A port bound on `::` alone is not reachable over IPv4, so it is registered at an IPv6
+    address of this host (-ip, or the default address when that is IPv6) or not at all.
+    """
+    if binding.host_ip == "::":
+        return next((a for a in (ctx.settings.ip, ctx.default_address) if ":" in a), "")
+    if ctx.settings.ip:
+        return ctx.settings.ip
+    return binding.host_ip if _is_specific(binding.host_ip) else ctx.default_address
+
+
 def _synthetic_endpoint(
     container: Container, ctx: PlanContext, base: Metadata, problems: _Problems
 ) -> list[_Endpoint]:
@@ -257,10 +298,10 @@ def _synthetic_endpoint(
     raw = base.get("PORT").strip()
     if not raw:
         return []
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 5 and 0 < int(raw) < 65536):
+    port = port_number(raw)
+    if port is None:
         problems.add(base.origin("PORT"), f"{raw!r} is not a port number (1-65535); ignored")
         return []
-    port = int(raw)
     if container.network_mode == "host":
         address = ctx.settings.ip or ctx.default_address
     else:
@@ -269,12 +310,13 @@ def _synthetic_endpoint(
         if network is None:
             problems.add(base.origin("PORT"), "container has no network address; not registered")
             return []
-        address = network.ip
+        return [_Endpoint(port, "tcp", network.address, port, network.tagged_addresses())]
     return [_Endpoint(port, "tcp", address, port)]
 
 
 def _address_from_label(container: Container, ctx: PlanContext, problems: _Problems) -> str:
-    if not ctx.settings.use_ip_from_label:
+    if not ctx.settings.use_ip_from_label or ctx.settings.use_ip_from_label == IP_OPT_IN:
+        # SERVICE_IP is read per port with the other SERVICE_* keys (labels.address_override).
         return ""
     raw = container.labels.get(ctx.settings.use_ip_from_label, "").strip()
     if not raw:
@@ -321,19 +363,26 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
     default_name = default_service_name(container)
     global_tags = parse_tags(expand_template(ctx.settings.tags, container, ctx.node))
 
-    services: list[Service] = []
-    seen_ids: set[str] = set()
+    wanted: list[tuple[_Endpoint, Metadata, str]] = []
     for endpoint in endpoints:
-        metadata = service_metadata(container, endpoint.container_port)
+        metadata = service_metadata(container, endpoint.container_port, endpoint.protocol)
         if is_true_ignore(metadata.get("IGNORE")):
             continue
         if ctx.settings.explicit and not metadata.get("NAME").strip():
             continue
+        service_id = _service_id(container, ctx, metadata, endpoint, len(endpoints) > 1)
+        wanted.append((endpoint, metadata, service_id))
+    ids = distinct_ids([(service_id, _suffix(endpoint)) for endpoint, _, service_id in wanted])
+    _report_renamed(wanted, ids, problems)
+
+    services: list[Service] = []
+    for (endpoint, metadata, _), service_id in zip(wanted, ids, strict=True):
         service = _service(
             container,
             ctx,
             metadata,
             endpoint,
+            service_id,
             len(endpoints) > 1,
             default_name,
             global_tags,
@@ -342,12 +391,86 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
         )
         if service is None:
             continue
-        if service.id in seen_ids:
-            problems.add(metadata.origin("ID"), f"service id {service.id!r} used twice; skipped")
+        refused = _unaddressable(service)
+        if refused:
+            problems.add(metadata.origin("ID"), f"{refused}; not registered")
             continue
-        seen_ids.add(service.id)
         services.append(service)
     return ContainerPlan(tuple(services), tuple(problems.items))
+
+
+def _unaddressable(service: Service) -> str:
+    """Why Consul could never deregister (or update) what this registration writes, if so."""
+    named = [("service id", service.id)] + [("check id", c.check_id) for c in service.checks]
+    for what, value in named:
+        reason = unaddressable(value)
+        if reason:
+            shown = value if len(value) <= 80 else f"{value[:80]}…"
+            return f"{what} {shown!r} {reason}"
+    return ""
+
+
+def _suffix(endpoint: _Endpoint) -> str:
+    """What tells one port of a container from its others: `80`, `53:udp`, `9:sctp`."""
+    protocol = "" if endpoint.protocol == "tcp" else f":{endpoint.protocol}"
+    return f"{endpoint.container_port}{protocol}"
+
+
+def _service_id(
+    container: Container, ctx: PlanContext, metadata: Metadata, endpoint: _Endpoint, several: bool
+) -> str:
+    service_id = metadata.get("ID").strip()
+    if service_id and several and "ID" not in metadata.port_scoped:
+        # A container-wide SERVICE_ID on several ports would make every port overwrite the
+        # previous one in Consul; suffixing keeps each registration distinct.
+        return f"{service_id}:{_suffix(endpoint)}"
+    if service_id:
+        return service_id
+    # A VIP registration belongs to the swarm, not to the node whose agent writes it: the
+    # next leader's agent must write the same id, not a second entry.
+    owner = "swarm" if is_vip_key(container.id) else ctx.node
+    return f"{owner}:{container.name}:{_suffix(endpoint)}"
+
+
+def distinct_ids(wanted: Sequence[tuple[str, str]]) -> list[str]:
+    """One id per registration of a container, none shared: `wanted` is (id, suffix) pairs.
+
+    Registrations that want the same id (`SERVICE_53_ID=dns` applies to 53/tcp and 53/udp;
+    `SERVICE_80_ID=web` and `SERVICE_443_ID=web`) each get their own suffix appended, all of
+    them, so which one keeps the bare id never depends on order. Suffixes are distinct per
+    container, so each round ends the clashes it started with; a result that clashes with
+    another id wanted as such is suffixed again in the next round.
+    """
+    ids = [service_id for service_id, _ in wanted]
+    for _ in range(len(ids)):
+        counts = Counter(ids)
+        clashing = [index for index, service_id in enumerate(ids) if counts[service_id] > 1]
+        if not clashing:
+            break
+        for index in clashing:
+            ids[index] = f"{ids[index]}:{wanted[index][1]}"
+    return ids
+
+
+def _report_renamed(
+    wanted: Sequence[tuple[_Endpoint, Metadata, str]], ids: Sequence[str], problems: _Problems
+) -> None:
+    renamed: dict[str, list[str]] = {}
+    origins: dict[str, list[str]] = {}
+    for (endpoint, metadata, service_id), final in zip(wanted, ids, strict=True):
+        if final != service_id:
+            renamed.setdefault(service_id, []).append(
+                f"{endpoint.container_port}/{endpoint.protocol} as {final!r}"
+            )
+            keys = origins.setdefault(service_id, [])
+            if metadata.origin("ID") not in keys:
+                keys.append(metadata.origin("ID"))
+    for service_id, registrations in renamed.items():
+        problems.add(
+            ", ".join(origins[service_id]),
+            f"service id {service_id!r} is wanted by several ports; each keeps a registration "
+            f"of its own: {', '.join(registrations)}",
+        )
 
 
 def _service(
@@ -355,6 +478,7 @@ def _service(
     ctx: PlanContext,
     metadata: Metadata,
     endpoint: _Endpoint,
+    service_id: str,
     several: bool,
     default_name: str,
     global_tags: list[str],
@@ -362,31 +486,27 @@ def _service(
     problems: _Problems,
 ) -> Service | None:
     udp = endpoint.protocol == "udp"
-    suffix = f"{endpoint.container_port}" + (":udp" if udp else "")
-
     name = metadata.get("NAME").strip() or default_name
     if several and "NAME" not in metadata.port_scoped:
         name = f"{name}-{endpoint.container_port}"
 
-    service_id = metadata.get("ID").strip()
-    if service_id and several and "ID" not in metadata.port_scoped:
-        # A container-wide SERVICE_ID on several ports would make every port overwrite the
-        # previous one in Consul; suffixing keeps each registration distinct.
-        service_id = f"{service_id}:{suffix}"
-    if not service_id:
-        # A VIP registration belongs to the swarm, not to the node whose agent writes it: the
-        # next leader's agent must write the same id, not a second entry.
-        owner = "swarm" if is_vip_key(container.id) else ctx.node
-        service_id = f"{owner}:{container.name}:{suffix}"
-
-    address = label_address or endpoint.address
+    own_address, address_problems = address_override(
+        metadata, container, ctx.settings.use_ip_from_label
+    )
+    problems.items.extend(address_problems)
+    address = own_address or label_address or endpoint.address
     if not address:
         problems.add(
-            "address", "no address known for this service (set -ip or REGISTRATOR_IP); skipped"
+            "-ip",
+            f"port {endpoint.container_port}/{endpoint.protocol}: no address to register it "
+            "at (the Swarm node, the Consul agent and the host gave none that is not loopback; "
+            "see the startup warning): not registered until -ip (REGISTRATOR_IP) is set",
         )
         return None
 
-    tags = parse_tags(metadata.get("TAGS")) + global_tags + (["udp"] if udp else [])
+    fields = service_fields(metadata, container, ctx.node)
+    problems.items.extend(fields.problems)
+    tags = fields.tags + global_tags + (["udp"] if udp else [])
     meta, meta_problems = service_meta(metadata, container)
     problems.items.extend(meta_problems)
     meta.update({META_SOURCE: OWNER_SOURCE, META_NODE: ctx.node, META_CONTAINER: container.id})
@@ -424,6 +544,10 @@ def _service(
         script=built.script,
         script_interval=built.script_interval,
         script_timeout=built.script_timeout,
+        weights=fields.weights,
+        enable_tag_override=fields.enable_tag_override,
+        # A per-container address (SERVICE_IP, -useIpFromLabel) replaces the network's.
+        tagged_addresses={} if address != endpoint.address else endpoint.tagged_addresses,
     )
 
 

@@ -12,12 +12,13 @@ unlike Go's parser, options may follow the positional URI.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
+
+from registrator.vocabulary import parse_bool, validate_template
 
 
 class ConfigError(ValueError):
@@ -57,18 +58,6 @@ class ConsulEndpoint:
 
 # --- value parsers: each takes the raw text and returns the typed value or raises ValueError
 #     with a reason; the option name is added by the caller.
-
-_TRUE = {"1", "t", "true", "yes", "y", "on"}
-_FALSE = {"0", "f", "false", "no", "n", "off"}
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"{text!r} is not a boolean (use true or false)")
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -133,25 +122,6 @@ def _listen_address(text: str) -> str:
 
 
 def _text(text: str) -> str:
-    return text.strip()
-
-
-_TEMPLATE_FIELD = re.compile(r"\{\{\s*(.*?)\s*\}\}")
-_TEMPLATE_FORMS = re.compile(
-    r'^(\.Name|\.Image|\.Hostname|\.Node|\.Labels\.[A-Za-z0-9_.\-]+|index \.Labels "[^"]+")$'
-)
-
-
-def validate_tags_template(text: str) -> str:
-    """Reject unknown `{{...}}` placeholders at startup instead of on every container."""
-    for match in _TEMPLATE_FIELD.finditer(text):
-        if not _TEMPLATE_FORMS.match(match.group(1)):
-            raise ValueError(
-                f"unknown template field {{{{{match.group(1)}}}}} "
-                '(known: .Name .Image .Hostname .Node .Labels.KEY index .Labels "KEY")'
-            )
-    if text.count("{{") != text.count("}}"):
-        raise ValueError("unbalanced {{ }} in template")
     return text.strip()
 
 
@@ -284,7 +254,7 @@ class Settings:
     tags: str = option(
         "",
         "REGISTRATOR_TAGS",
-        validate_tags_template,
+        validate_template,
         "comma-separated tags added to every service; {{.Name}} {{.Image}} {{.Hostname}} "
         "{{.Node}} {{.Labels.KEY}} are expanded per container",
         metavar="TAGS",
@@ -321,7 +291,8 @@ class Settings:
         "",
         "REGISTRATOR_USE_IP_FROM_LABEL",
         _text,
-        "container label whose value is the address to register",
+        "container label whose value is the address to register (SERVICE_IP: also "
+        "SERVICE_<port>_IP and env)",
         names=(
             "use-ip-from-label",
             "useIpFromLabel",

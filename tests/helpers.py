@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,6 +30,7 @@ from typing import Any, TypeVar, overload
 
 import docker
 import docker.errors
+import pytest
 from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.types import IPAMConfig, IPAMPool
@@ -51,6 +53,30 @@ CONSUL_START_TIMEOUT = 30.0
 
 # Requests to the agents on 127.0.0.1 must never go through an HTTP proxy from the environment.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def dig(consul: ConsulAgent, *query: str) -> list[str]:
+    """`dig +short` against the Consul agent's DNS port: the answer's fields, split on spaces."""
+    command = shutil.which("dig")
+    if command is None:
+        raise AssertionError("dig is missing: scripts/test installs it (Debian package dnsutils)")
+    result = subprocess.run(
+        [
+            command,
+            "@127.0.0.1",
+            "-p",
+            str(consul.dns_port),
+            "+short",
+            "+time=2",
+            "+tries=1",
+            *query,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    return result.stdout.split()
 
 
 def http_get_text(url: str, timeout: float = 5.0) -> str:
@@ -169,6 +195,26 @@ def _reserved_port() -> Iterator[int]:
             udp.close()
             tcp.close()
         return
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
+    """The WARNING messages captured so far that contain every one of `words`."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno == logging.WARNING and all(w in record.getMessage() for w in words)
+    ]
+
+
+def routed_source_address() -> str:
+    """The host's primary address as the kernel picks it for the default route: connect() on
+    a UDP socket chooses a route and a source address and sends no packet at all. Found this
+    way, independently of the agent's reading of /proc; tests compare with it, never send to
+    it (it is this machine's LAN address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("198.51.100.1", 9))  # TEST-NET-2: only the default route leads there
+        address: str = probe.getsockname()[0]
+    return address
 
 
 def free_ports(count: int) -> list[int]:
@@ -525,9 +571,16 @@ class NetworkFactory:
         return used
 
     def create(
-        self, name_suffix: str | None = None, labels: Mapping[str, str] | None = None, **kwargs: Any
+        self,
+        name_suffix: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        ipv6_subnet: str | None = None,
+        **kwargs: Any,
     ) -> Network:
-        """Creates a bridge network; extra keyword arguments go to `networks.create`."""
+        """Creates a bridge network; extra keyword arguments go to `networks.create`.
+
+        `ipv6_subnet` (a ULA prefix such as fd00:5e:1::/64) makes it dual stack.
+        """
         name = _resource_name(self._test_name, name_suffix)
         all_labels = _resource_labels(self._test_id, labels)
         used = self._used_subnets()
@@ -536,7 +589,11 @@ class NetworkFactory:
             if any(subnet.overlaps(other) for other in used):
                 continue
             gateway = str(next(subnet.hosts()))
-            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=str(subnet), gateway=gateway)])
+            pools = [IPAMPool(subnet=str(subnet), gateway=gateway)]
+            if ipv6_subnet:
+                pools.append(IPAMPool(subnet=ipv6_subnet))
+                kwargs["enable_ipv6"] = True
+            ipam = IPAMConfig(pool_configs=pools)
             try:
                 network = self._client.networks.create(
                     name, driver="bridge", ipam=ipam, labels=all_labels, **kwargs

@@ -6,8 +6,6 @@ environment (scripts/test, tests/conftest.py, tests/helpers.py) before looking a
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +24,7 @@ from tests.helpers import (
     ContainerFactory,
     NetworkFactory,
     async_wait_until,
+    dig,
     free_port,
     free_ports,
     host_port,
@@ -36,20 +35,6 @@ from tests.helpers import (
 
 def _service(service_id: str, name: str, address: str, port: int) -> dict[str, Any]:
     return {"ID": service_id, "Name": name, "Address": address, "Port": port, "Tags": ["t1"]}
-
-
-def _dig(consul: ConsulAgent, *query: str) -> list[str]:
-    dig = shutil.which("dig")
-    if dig is None:
-        pytest.fail("dig is missing: scripts/test installs it (Debian package dnsutils)")
-    result = subprocess.run(
-        [dig, "@127.0.0.1", "-p", str(consul.dns_port), "+short", "+time=2", "+tries=1", *query],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-    )
-    return result.stdout.split()
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -134,8 +119,8 @@ def test_reset_empties_the_agent(consul: ConsulAgent) -> None:
 def test_consul_dns_answers(consul: ConsulAgent) -> None:
     consul.put("/v1/agent/service/register", _service("dns-1", "dnsweb", "198.18.64.20", 80))
 
-    assert _dig(consul, "consul.service.consul") == ["127.0.0.1"]
-    assert wait_until(lambda: _dig(consul, "dnsweb.service.consul")) == ["198.18.64.20"]
+    assert dig(consul, "consul.service.consul") == ["127.0.0.1"]
+    assert wait_until(lambda: dig(consul, "dnsweb.service.consul")) == ["198.18.64.20"]
 
 
 # -- docker -----------------------------------------------------------------------------------

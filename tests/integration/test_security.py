@@ -380,6 +380,9 @@ READS = {
     "GET /containers/json",
     "GET /containers/{id}/json",
     "GET /events",
+    # Once at startup, when no Swarm or non-loopback Consul address is the node address (the
+    # Consul agent here is on loopback): are we in the host's network namespace?
+    "GET /networks",
 }
 EXEC = {"POST /containers/{id}/exec", "POST /exec/{id}/start", "GET /exec/{id}/json"}
 
@@ -435,7 +438,21 @@ def _cycle_through_proxy(
     finally:
         agent.terminate()
     paths = [f"{r.method} {r.path}" for r in proxy.requests]
-    return {r.endpoint for r in proxy.requests}, paths, container.id  # fmt: skip
+    endpoints = {r.endpoint for r in proxy.requests}
+    if _swarm_manager():
+        # Another run on this engine made it a Swarm manager: services are read, as documented.
+        endpoints -= {"GET /services", "GET /services/{id}"}
+    return endpoints, paths, container.id
+
+
+def _swarm_manager() -> bool:
+    done = subprocess.run(
+        ["docker", "info", "--format", "{{.Swarm.ControlAvailable}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() == "true"
 
 
 def test_docker_socket_is_only_read_without_script_checks(

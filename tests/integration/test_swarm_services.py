@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from registrator.addresses import is_loopback
 from tests.e2e.support import docker_json, free_overlay_subnet, run, swarm_manager
-from tests.helpers import ConsulAgent, async_wait_until, free_ports
+from tests.helpers import ConsulAgent, async_wait_until, free_ports, routed_source_address
 from tests.integration.conftest import EVENT_TIMEOUT, StartAgent
 
 pytestmark = pytest.mark.docker
@@ -66,7 +67,10 @@ def swarm_service(image: str, *args: str) -> Iterator[str]:
 
 
 def node_address() -> str:
-    return run(["docker", "info", "--format", "{{.Swarm.NodeAddr}}"]).strip()
+    """Where the routing mesh is registered: the Swarm node address, unless it is loopback
+    (the test swarm advertises 127.0.0.1), then the host's own (never sent to here)."""
+    address = run(["docker", "info", "--format", "{{.Swarm.NodeAddr}}"]).strip()
+    return routed_source_address() if is_loopback(address) else address
 
 
 def catalog(consul: ConsulAgent, name: str) -> list[dict[str, Any]]:

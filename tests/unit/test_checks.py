@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from registrator.checks import ChecksResult, Target, build_checks, check_id, is_duration
+from registrator.checks import (
+    ChecksResult,
+    Target,
+    build_checks,
+    check_id,
+    is_duration,
+    script_command,
+    with_service_address,
+)
 from registrator.labels import service_metadata
 from registrator.model import CheckKind
 from registrator.settings import Settings
@@ -197,6 +205,11 @@ def test_ipv6_target_is_bracketed() -> None:
             id="TCP host:port",
         ),
         pytest.param({"SERVICE_CHECK_TCP": "false"}, {}, id="TCP false"),
+        # The same false words as options: `off` creates no check (it used to create one).
+        pytest.param({"SERVICE_CHECK_TCP": "off"}, {}, id="TCP off"),
+        pytest.param({"SERVICE_CHECK_TCP": "No"}, {}, id="TCP No"),
+        pytest.param({"SERVICE_CHECK_TCP": "0"}, {}, id="TCP 0"),
+        pytest.param({"SERVICE_CHECK_TCP": "on"}, {"tcp": {"TCP": "10.0.0.5:8080"}}, id="TCP on"),
         pytest.param(
             {"SERVICE_CHECK_GRPC": "true"}, {"grpc": {"GRPC": "10.0.0.5:8080"}}, id="GRPC"
         ),
@@ -211,6 +224,17 @@ def test_ipv6_target_is_bracketed() -> None:
             id="GRPC with TLS",
         ),
         pytest.param({"SERVICE_CHECK_GRPC": "no"}, {}, id="GRPC no"),
+        pytest.param({"SERVICE_CHECK_GRPC": "off"}, {}, id="GRPC off"),
+        pytest.param(
+            {"SERVICE_CHECK_GRPC": "on", "SERVICE_CHECK_GRPC_USE_TLS": "off"},
+            {"grpc": {"GRPC": "10.0.0.5:8080"}},
+            id="GRPC on, TLS off",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TLS_SKIP_VERIFY": "off"},
+            {"http": {"HTTP": "http://10.0.0.5:8080/h"}},
+            id="TLS skip verify off",
+        ),
     ],
 )
 def test_tcp_and_grpc_checks(
@@ -283,6 +307,7 @@ def test_script_check_is_a_ttl_registrator_reports_to(interval: str, ttl: str) -
         pytest.param(
             "healthy", True, {"SERVICE_CHECK_DOCKER_HEALTH": "true"}, "critical", id="label true"
         ),
+        pytest.param("healthy", True, {"SERVICE_CHECK_DOCKER_HEALTH": "off"}, None, id="label off"),
     ],
 )
 def test_docker_health_check(
@@ -636,3 +661,74 @@ def test_off_words_mean_no_check(key: str, word: str) -> None:
 )
 def test_is_duration(text: str, valid: bool) -> None:
     assert is_duration(text) is valid
+
+
+# --- script checks: gliderlabs' placeholders, and how the script is run -------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "target", "expected"),
+    [
+        pytest.param(
+            "echo ip=$SERVICE_IP port=$SERVICE_PORT", Target("10.0.0.5", 8080),
+            "echo ip=10.0.0.5 port=8080", id="issue 13 example",
+        ),
+        pytest.param(
+            "nc -z ${SERVICE_IP} ${SERVICE_PORT}", Target("198.18.0.7", 80),
+            "nc -z 198.18.0.7 80", id="braced",
+        ),
+        pytest.param(
+            "check $SERVICE_IP:$SERVICE_PORT $SERVICE_IP", Target("fd00::5", 53),
+            "check fd00::5:53 fd00::5", id="several, and IPv6 as registered",
+        ),
+        pytest.param(
+            "echo $SERVICE_IPS $SERVICE_PORT_X $SERVICE_NAME $HOME", Target("10.0.0.5", 1),
+            "echo $SERVICE_IPS $SERVICE_PORT_X $SERVICE_NAME $HOME",
+            id="other variables are left to the shell",
+        ),
+        pytest.param("pg_isready -q", Target("10.0.0.5", 1), "pg_isready -q", id="none"),
+    ],
+)  # fmt: skip
+def test_script_placeholders_are_the_registered_address_and_port(
+    script: str, target: Target, expected: str
+) -> None:
+    assert with_service_address(script, target) == expected
+
+
+def test_build_checks_substitutes_before_the_script_is_planned() -> None:
+    result = build(
+        {"SERVICE_CHECK_SCRIPT": "echo ip=$SERVICE_IP port=$SERVICE_PORT"},
+        target=Target("10.0.0.5", 32768),
+    )
+    assert result.script == "echo ip=10.0.0.5 port=32768"
+    assert by_kind(result)["script"]["Notes"] == "registrator runs: echo ip=10.0.0.5 port=32768"
+
+
+@pytest.mark.parametrize(
+    ("script", "argv"),
+    [
+        pytest.param("pg_isready -q", ["pg_isready", "-q"], id="plain command: exec'd directly"),
+        pytest.param(
+            "check --name 'a b' \"x y\"", ["check", "--name", "a b", "x y"],
+            id="quotes split as a shell would",
+        ),
+        pytest.param(
+            "nc -z 10.0.0.5 80 && echo up", ["sh", "-c", "nc -z 10.0.0.5 80 && echo up"],
+            id="list: sh -c",
+        ),
+        pytest.param("ps | grep app", ["sh", "-c", "ps | grep app"], id="pipe: sh -c"),
+        pytest.param("test -f /ok; echo", ["sh", "-c", "test -f /ok; echo"], id="semicolon"),
+        pytest.param("cat < /x", ["sh", "-c", "cat < /x"], id="redirection"),
+        pytest.param("echo $HOME", ["sh", "-c", "echo $HOME"], id="expansion"),
+        pytest.param("ls /tmp/*.pid", ["sh", "-c", "ls /tmp/*.pid"], id="glob"),
+        pytest.param("echo `id`", ["sh", "-c", "echo `id`"], id="backquotes"),
+        pytest.param("true\nfalse", ["sh", "-c", "true\nfalse"], id="newline"),
+    ],
+)  # fmt: skip
+def test_script_command(script: str, argv: list[str]) -> None:
+    assert script_command(script) == argv
+
+
+def test_script_command_reports_unbalanced_quotes() -> None:
+    with pytest.raises(ValueError, match="quotation"):
+        script_command("echo 'open")

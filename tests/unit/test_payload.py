@@ -75,6 +75,16 @@ GOLDEN_SERVICES: dict[str, Callable[[], Service]] = {
         ttl=30,
     ),
     "connect-sidecar": connect_service,
+    # Weights, EnableTagOverride and the dual-stack tagged addresses (issue 16).
+    "dual-stack-weights": lambda: planned(
+        "dual-stack",
+        {
+            "SERVICE_WEIGHT": "5",
+            "SERVICE_WEIGHT_WARNING": "2",
+            "SERVICE_ENABLE_TAG_OVERRIDE": "yes",
+        },
+        internal=True,
+    ),
 }
 
 
@@ -97,6 +107,31 @@ def test_registration_carries_its_own_hash_and_no_private_fields() -> None:
     (script_check,) = [c for c in body["Checks"] if c["CheckID"].endswith(":script")]
     assert set(script_check) == {"CheckID", "Name", "TTL", "Notes"}
     assert set(body) == {"ID", "Name", "Address", "Port", "Tags", "Meta", "Checks"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fields"),
+    [
+        pytest.param({}, {}, id="none set: the body (and hash) registrations had before"),
+        pytest.param({"weights": (5, 1)}, {"Weights": {"Passing": 5, "Warning": 1}}, id="weights"),
+        pytest.param({"enable_tag_override": True}, {"EnableTagOverride": True}, id="override"),
+        pytest.param(
+            {"tagged_addresses": {"lan_ipv6": "fd00::2", "lan_ipv4": "198.18.0.2"}},
+            {
+                "TaggedAddresses": {
+                    "lan_ipv4": {"Address": "198.18.0.2", "Port": 8080},
+                    "lan_ipv6": {"Address": "fd00::2", "Port": 8080},
+                }
+            },
+            id="tagged addresses at the service port",
+        ),
+    ],
+)
+def test_optional_consul_fields(overrides: dict[str, Any], fields: dict[str, Any]) -> None:
+    plain = make_service()
+    body = registration(make_service(**overrides))
+    assert {key: body[key] for key in set(body) - set(registration(plain))} == fields
+    assert (payload_hash(make_service(**overrides)) == payload_hash(plain)) is (not fields)
 
 
 def make_service(**overrides: Any) -> Service:

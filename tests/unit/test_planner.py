@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from registrator.model import META_CONTAINER, META_NODE, META_SOURCE, Container, HeldService
+from registrator.model import (
+    META_CONTAINER,
+    META_NODE,
+    META_SOURCE,
+    Container,
+    ContainerPort,
+    HeldService,
+    PortBinding,
+)
 from registrator.payload import held_from_service
 from registrator.planner import (
     ContainerPlan,
@@ -78,13 +86,13 @@ def sid(name: str, port: str) -> str:
             "bridge-published-specific-ip",
             {},
             [(sid("bridge-published-specific-ip", "80"), "busybox", "127.0.0.1", 8081)],
-            id="published on a specific IP: that IP",
+            id="published on loopback (-p 127.0.0.1:8081:80): that address, with a warning",
         ),
         pytest.param(
             "bridge-published-specific-ip",
             {"ip": "1.2.3.4"},
-            [(sid("bridge-published-specific-ip", "80"), "busybox", "1.2.3.4", 8081)],
-            id="-ip beats the binding IP",
+            [(sid("bridge-published-specific-ip", "80"), "busybox", "127.0.0.1", 8081)],
+            id="published on loopback: -ip would name a port nothing listens on",
         ),
         pytest.param("exposed-only", {}, [], id="exposed but not published: nothing"),
         pytest.param("no-ports", {}, [], id="no ports: nothing"),
@@ -110,7 +118,77 @@ def test_published_addresses(
 ) -> None:
     _, result = plan(name, **context)
     assert endpoints(result) == expected
-    assert result.problems == ()
+    loopback = [p for p in result.problems if "loopback" in p.reason]
+    assert [p.key for p in loopback] == (
+        ["published port 127.0.0.1:8081->80/tcp"] if name.endswith("specific-ip") else []
+    )
+    assert all("reachable from this host only" in p.reason for p in loopback)
+    assert len(result.problems) == len(loopback)
+
+
+@pytest.mark.parametrize(
+    ("bindings", "context", "expected", "warned"),
+    [
+        pytest.param(
+            [("10.1.2.3", 8080)], {}, ("10.1.2.3", 8080), False, id="specific LAN IP: that IP"
+        ),
+        pytest.param(
+            [("10.1.2.3", 8080)], {"ip": "1.2.3.4"}, ("1.2.3.4", 8080), False,
+            id="specific LAN IP and -ip: -ip, as gliderlabs",
+        ),
+        pytest.param(
+            [("127.0.0.1", 8080)], {}, ("127.0.0.1", 8080), True, id="127.0.0.1: warned",
+        ),
+        pytest.param(
+            [("127.0.0.2", 8080)], {}, ("127.0.0.2", 8080), True, id="any 127/8: warned",
+        ),
+        pytest.param([("::1", 8080)], {}, ("::1", 8080), True, id="::1: warned"),
+        pytest.param(
+            [("127.0.0.1", 8080), ("0.0.0.0", 9090)], {}, ("10.0.0.9", 9090), False,
+            id="loopback and all interfaces: the one others can reach",
+        ),
+        pytest.param(
+            [("::1", 8080), ("::", 9090)], {"ip": "fd00::9"}, ("fd00::9", 9090), False,
+            id="IPv6 loopback and all interfaces: the one others can reach",
+        ),
+        pytest.param(
+            [("127.0.0.1", 8080)], {"ip": "127.0.0.1"}, ("127.0.0.1", 8080), True,
+            id="loopback asked for with -ip too: still warned",
+        ),
+    ],
+)  # fmt: skip
+def test_loopback_bindings_are_registered_where_they_listen_with_a_warning(
+    bindings: list[tuple[str, int]],
+    context: dict[str, Any],
+    expected: tuple[str, int],
+    warned: bool,
+) -> None:
+    port = ContainerPort(80, "tcp", tuple(PortBinding(ip, p) for ip, p in bindings))
+    result = desired_services(make_container(ports=(port,)), make_context(**context))
+    assert [(s.address, s.port) for s in result.services] == [expected]
+    assert [p.key for p in result.problems] == (
+        [f"published port {expected[0]}:{expected[1]}->80/tcp"] if warned else []
+    )
+
+
+@pytest.mark.parametrize(
+    ("context", "kind"),
+    [
+        pytest.param({"default_address": ""}, make_container, id="published on all interfaces"),
+        pytest.param(
+            {"default_address": ""},
+            lambda: make_container(network_mode="host", ports=(ContainerPort(8500, "tcp"),)),
+            id="host network",
+        ),
+    ],
+)
+def test_no_default_address_waits_with_a_problem_naming_ip(
+    context: dict[str, Any], kind: Any
+) -> None:
+    result = desired_services(kind(), make_context(**context))
+    assert result.services == ()
+    assert [p.key for p in result.problems] == ["-ip"]
+    assert "not registered until -ip" in result.problems[0].reason
 
 
 @pytest.mark.parametrize(
@@ -328,11 +406,18 @@ def test_service_id(name: str, labels: dict[str, str], ids: list[str]) -> None:
     assert result.problems == ()
 
 
-def test_same_id_twice_is_a_problem() -> None:
+def test_same_id_twice_keeps_both_ports_under_distinct_ids() -> None:
     container, result = plan("multi-port", {"SERVICE_80_ID": "x", "SERVICE_443_ID": "x"})
-    assert [s.port for s in result.services] == [host_port("multi-port", "80/tcp")]
+    assert [(s.id, s.port) for s in result.services] == [
+        ("x:80", host_port("multi-port", "80/tcp")),
+        ("x:443", host_port("multi-port", "443/tcp")),
+    ]
     (problem,) = result.problems
-    assert (problem.container, problem.key) == (container.name, "label SERVICE_443_ID")
+    assert (problem.container, problem.key) == (
+        container.name,
+        "label SERVICE_80_ID, label SERVICE_443_ID",
+    )
+    assert "'x:80'" in problem.reason and "'x:443'" in problem.reason
 
 
 @pytest.mark.parametrize(
@@ -505,7 +590,7 @@ def test_every_problem_names_container_and_key(
 def test_no_address_skips_the_service() -> None:
     _, result = plan("bridge-published", default_address="")
     assert result.services == ()
-    assert [p.key for p in result.problems] == ["address"]
+    assert [p.key for p in result.problems] == ["-ip"]
 
 
 def test_planning_is_repeatable() -> None:

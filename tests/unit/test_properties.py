@@ -24,6 +24,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from registrator.ids import unaddressable
 from registrator.labels import service_metadata
 from registrator.model import (
     META_CONTAINER,
@@ -266,6 +267,30 @@ def test_planner_never_raises_and_reports_only_what_the_user_wrote(
 VALID_NAME = "orders-api"
 
 
+def _unaddressable_id(key: str, value: str) -> bool:
+    """An id Consul could never deregister is refused on purpose (registrator.ids)."""
+    probe = dataclasses.replace(_PROBE, labels={key: value})
+    service_id = service_metadata(probe, 80).get("ID").strip()
+    return bool(service_id) and bool(unaddressable(service_id))
+
+
+_PROBE = Container(
+    id="p",
+    name="p",
+    image="i",
+    hostname="h",
+    labels={},
+    env={},
+    ports=(),
+    networks=(),
+    network_mode="default",
+    running=True,
+    paused=False,
+    restarting=False,
+    exit_code=0,
+)
+
+
 def _takes_over(key: str, in_labels: bool) -> bool:
     """Whether garbage under `key` may legitimately override (or ignore) the valid keys.
 
@@ -273,22 +298,7 @@ def _takes_over(key: str, in_labels: bool) -> bool:
     label that normalises to NAME/IGNORE/CHECK_TTL ties with ours (first one wins); an env var
     only wins when port-scoped; any IGNORE drops the service on purpose.
     """
-    probe = Container(
-        id="p",
-        name="p",
-        image="i",
-        hostname="h",
-        labels={key: "x"},
-        env={},
-        ports=(),
-        networks=(),
-        network_mode="default",
-        running=True,
-        paused=False,
-        restarting=False,
-        exit_code=0,
-    )
-    metadata = service_metadata(probe, 80)
+    metadata = service_metadata(dataclasses.replace(_PROBE, labels={key: "x"}), 80)
     overriding = {"NAME", "IGNORE", "CHECK_TTL"} if in_labels else {"IGNORE"}
     return bool(overriding & set(metadata.values)) or bool(
         {"NAME", "CHECK_TTL"} & metadata.port_scoped
@@ -304,8 +314,16 @@ def _takes_over(key: str, in_labels: bool) -> bool:
 def test_valid_keys_still_register_next_to_garbage(
     garbage_labels: dict[str, str], garbage_env: dict[str, str]
 ) -> None:
-    labels = {k: v for k, v in garbage_labels.items() if not _takes_over(k, in_labels=True)}
-    env = {k: v for k, v in garbage_env.items() if not _takes_over(k, in_labels=False)}
+    labels = {
+        k: v
+        for k, v in garbage_labels.items()
+        if not _takes_over(k, in_labels=True) and not _unaddressable_id(k, v)
+    }
+    env = {
+        k: v
+        for k, v in garbage_env.items()
+        if not _takes_over(k, in_labels=False) and not _unaddressable_id(k, v)
+    }
     labels.update({"SERVICE_NAME": VALID_NAME, "SERVICE_CHECK_TTL": "30s"})
     container = Container(
         id="feed" + "0" * 60,

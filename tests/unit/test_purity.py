@@ -17,7 +17,7 @@ import pytest
 import registrator
 
 PACKAGE = Path(registrator.__file__).resolve().parent
-# connect.py and swarm.py are here because planner.py imports them.
+# connect.py, swarm.py and vocabulary.py are here because planner.py imports them.
 PURE = (
     "model",
     "labels",
@@ -30,6 +30,9 @@ PURE = (
     "swarm",
     "events",
     "plan",
+    "vocabulary",
+    "addresses",
+    "ids",
 )
 IO_MODULES = frozenset(
     {"aiohttp", "asyncio", "docker", "socket", "subprocess", "tenacity", "prometheus_client"}

@@ -293,3 +293,19 @@ async def test_unchanged_full_reconcile_and_known_ids_cost_no_look_up(
     await r.full_reconcile()
     assert consul.calls["service"] == 1
     assert consul.registers == [sid("web")]
+
+
+async def test_unchanged_resync_writes_nothing(docker: FakeDocker, consul: FakeConsul) -> None:
+    labels = {"SERVICE_CHECK_SCRIPT": "true", "SERVICE_CHECK_TCP": "true"}
+    docker.run(A, "web", labels=labels)
+    docker.run(B, "api")
+    docker.documents[B]["State"]["Health"] = {"Status": "healthy", "Log": []}
+    r = reconciler(docker, consul, ttl=20)
+    assert await r.full_reconcile()
+    await until(lambda: consul.calls.get("update_check", 0) >= 2, "mirror and script results")
+    await r.close()  # the script loop, which reports on its own schedule
+    writes, inspects = consul.writes, docker.calls["inspect"]
+    for _ in range(3):
+        assert await r.full_reconcile()
+    assert consul.writes == writes
+    assert docker.calls["inspect"] == inspects, "unchanged containers are not inspected again"
