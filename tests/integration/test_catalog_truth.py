@@ -15,7 +15,13 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 
 from registrator.model import META_CONTAINER, META_NODE, META_SOURCE, OWNER_SOURCE
-from tests.helpers import ConsulAgent, ContainerFactory, NetworkFactory, async_wait_until
+from tests.helpers import (
+    ConsulAgent,
+    ContainerFactory,
+    NetworkFactory,
+    async_wait_until,
+    warnings_about,
+)
 from tests.integration.conftest import StartAgent
 
 
@@ -31,14 +37,6 @@ async def run(containers: ContainerFactory, net: Network, suffix: str, **kwargs:
 def net(docker_network: NetworkFactory) -> Network:
     """A network of the test's own (198.18.0.0/15), so nothing depends on docker0."""
     return docker_network.create("net")
-
-
-def warnings_about(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
-    return [
-        record.getMessage()
-        for record in caplog.records
-        if record.levelno == logging.WARNING and all(w in record.getMessage() for w in words)
-    ]
 
 
 def checks_of(consul: ConsulAgent, service_id: str) -> dict[str, dict[str, Any]]:
