@@ -36,6 +36,25 @@ import docker.errors
 from tests.helpers import ConsulAgent, free_port, make_consul_agent
 
 REPO = Path(__file__).resolve().parent.parent
+PYCACHE = REPO / ".cache" / "bench" / "pycache"
+
+
+def compile_agent() -> None:
+    """Write the bytecode of everything the agent imports into PYCACHE before any agent
+    starts, so even the first one runs like an installed agent (see AgentProcess). With a
+    prefix, Python looks for all bytecode there, the standard library's included: hence an
+    import of the agent's modules rather than compileall of the package alone."""
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+    environ["PYTHONPATH"] = str(REPO)
+    subprocess.run(
+        [sys.executable, "-c", "import registrator.cli, registrator.http"],
+        cwd=REPO,
+        env=environ,
+        check=True,
+    )
+
+
 LABEL = "registrator-bench"
 RUN_LABEL = "registrator-bench.run"
 OWNER_LABEL = "registrator-bench.owner"
@@ -524,6 +543,11 @@ class AgentProcess:
         if docker_host:
             environ["DOCKER_HOST"] = docker_host
         environ["PYTHONPATH"] = str(REPO)
+        # Bytecode as an installed agent has it (pip and the image compile it at install):
+        # compiling the package's source at startup leaves ~1.2 MB more RSS. Kept under
+        # .cache/ rather than in __pycache__ folders of the checkout; see compile_agent().
+        environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        environ["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 args,
@@ -656,6 +680,7 @@ class BenchEnv:
                 ) from None
             self.remove_stale()
             self.network = self._create_network()
+            compile_agent()
         except BaseException:
             self.__exit__()
             raise

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from registrator import __version__
 from registrator.addresses import AddressChoice, choose_default_address
 from registrator.backends import ConsulAPI, DockerAPI
 from registrator.consul import ConsulError
@@ -22,11 +25,12 @@ from registrator.docker import DockerError
 from registrator.events import (
     event_container_id,
     event_service_id,
-    is_stop_signal,
     is_subscribed,
+    kill_signal,
     since_from_time_nano,
 )
 from registrator.hostnet import host_address
+from registrator.node_heartbeat import NodeHeartbeat, NodeReaper
 from registrator.planner import PlanContext
 from registrator.reconciler import Reconciler
 from registrator.settings import Settings
@@ -160,6 +164,8 @@ class Agent:
         self._since: str | None = None
         self._stream_state = ""  # for logging only state changes
         self._background: set[asyncio.Task[None]] = set()
+        self.heartbeat: NodeHeartbeat | None = None
+        self.reaper: NodeReaper | None = None
 
     @property
     def docker_ok(self) -> bool:
@@ -223,6 +229,7 @@ class Agent:
             status=self.status,
             timing=self.timing,
         )
+        self._node_liveness(info)
         for note in swarm_notes(self.settings, info):
             log.warning("%s", note)
         log.info(
@@ -237,11 +244,35 @@ class Agent:
         )
         return self.identity
 
+    def _node_liveness(self, info: dict[str, Any]) -> None:
+        """-node-ttl and -swarm-reap-after: this node's heartbeat, the leader's reaper."""
+        assert self.identity is not None
+        node = self.identity.node
+        if self.settings.node_ttl:
+            holder = (
+                f"registrator {__version__} on node {node} "
+                f"(host {socket.gethostname()}, pid {os.getpid()})"
+            )
+            self.heartbeat = NodeHeartbeat(
+                self.consul,
+                node,
+                self.settings.node_ttl,
+                self.settings.node_reap_after,
+                holder,
+                self.identity.default_address,
+                str(as_dict(info.get("Swarm")).get("NodeID") or "") if in_swarm(info) else "",
+            )
+        if self.settings.swarm_reap_after and in_swarm(info):
+            self.reaper = NodeReaper(self.docker, self.consul, node, self.settings.swarm_reap_after)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then finish in-flight work and return."""
         if self.reconciler is None:
             await self.start()
         assert self.reconciler is not None
+        if self.heartbeat is not None:
+            # Before any service that aliases it: an alias on a missing service is critical.
+            await self.heartbeat.register()
         tasks = [
             asyncio.create_task(self._follow_events(), name="events"),
             asyncio.create_task(self._full_reconciles(), name="reconcile"),
@@ -250,6 +281,8 @@ class Agent:
             tasks.append(asyncio.create_task(self._resync_timer(), name="resync"))
         if self.settings.ttl > 0:
             tasks.append(asyncio.create_task(self._ttl_heartbeats(), name="ttl"))
+        if self.heartbeat is not None:
+            tasks.append(asyncio.create_task(self.heartbeat.run(), name="node-heartbeat"))
         stopped = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -267,6 +300,14 @@ class Agent:
                     await asyncio.wait_for(
                         self.reconciler.deregister_all(), timeout=self.timing.shutdown_deregister
                     )
+                if self.heartbeat is not None:
+                    # A restart then has the whole TTL to beat again; a removal is final.
+                    await asyncio.wait_for(
+                        self.heartbeat.deregister()
+                        if self.settings.deregister_on_exit
+                        else self.heartbeat.beat(stopping=True, register_if_missing=False),
+                        timeout=self.timing.shutdown_deregister,
+                    )
             except TimeoutError:
                 log.warning("shutdown: in-flight work did not finish in time; exiting anyway")
             await self.reconciler.close()
@@ -276,11 +317,14 @@ class Agent:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _drain(self, container_id: str) -> None:
+    async def _drain(self, container_id: str, signal: str) -> None:
         assert self.reconciler is not None
-        await self.reconciler.drain(container_id)
-        # A trapped or ignored signal leaves the container running; do not leave it drained.
-        await self.timing.sleep(self.timing.drain_recheck)
+        window = await self.reconciler.drain(container_id, signal)
+        if window is None:
+            return
+        # A trapped or ignored signal leaves the container running past its stop timeout;
+        # do not leave it drained.
+        await self.timing.sleep(window * self.timing.drain_scale)
         await self.reconciler.undrain_if_running(container_id)
 
     def request_full_reconcile(self) -> None:
@@ -293,7 +337,17 @@ class Agent:
         while True:
             await self._full_requested.wait()
             self._full_requested.clear()
-            if await self.reconciler.full_reconcile():
+            if self.heartbeat is not None and self.heartbeat.failing:
+                # Consul may be back empty: the heartbeat first, or the services registered
+                # now alias a missing service (critical) until the next beat.
+                await self.heartbeat.beat()
+            ok = await self.reconciler.full_reconcile()
+            if self.reaper is not None:
+                if self.reconciler.swarm.leader:
+                    await self.reaper.reap()
+                else:
+                    self.reaper.forget()
+            if ok:
                 backoff.reset()
                 continue
             # Backoff, cut short by a new request (the resync timer, a Docker reconnect): a
@@ -353,6 +407,7 @@ class Agent:
             self.reconciler.swarm_service_changed(service_id)
         container_id = event_container_id(event)
         if container_id:
-            if self.settings.drain and is_stop_signal(event):
-                self._spawn(self._drain(container_id))
+            signal = kill_signal(event)
+            if self.settings.drain and signal is not None:
+                self._spawn(self._drain(container_id, signal))
             self.reconciler.mark(container_id)

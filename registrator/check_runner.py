@@ -8,6 +8,7 @@ one script loop per service with a SERVICE_CHECK_SCRIPT (docker exec in the cont
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 
@@ -16,9 +17,22 @@ from registrator.backends import ConsulAPI, DockerAPI
 from registrator.consul import ConsulError
 from registrator.docker import DockerError
 from registrator.model import CheckUpdate, Service
-from registrator.plan import heartbeat_updates, script_check, script_update
+from registrator.plan import (
+    heartbeat_updates,
+    lacks_kill_wrapper,
+    probe_command,
+    probe_update,
+    script_check,
+    script_update,
+)
 from registrator.status import Status
 from registrator.timing import Timing
+
+log = logging.getLogger(__name__)
+
+# How long past its own `timeout` wrapper a probe's exec is waited for before it counts as not
+# killed: the wrapper's kill and Docker's answer are not instantaneous on a loaded host.
+_EXEC_GRACE = 5.0
 
 
 class CheckRunner:
@@ -33,6 +47,8 @@ class CheckRunner:
         self._sent: dict[str, tuple[str, str, float]] = {}
         # service id → (the Service its runner was started for, the runner).
         self._scripts: dict[str, tuple[Service, asyncio.Task[None]]] = {}
+        # Containers without a `timeout` command: their probes run unwrapped (not killable).
+        self._unkillable: set[str] = set()
 
     async def report(self, update: CheckUpdate) -> None:
         """Send a check result (PUT /v1/agent/check/update/:id), skipping writes that would
@@ -45,7 +61,8 @@ class CheckRunner:
         last = self._sent.get(update.check_id)
         if (
             last is not None
-            and last[:2] == (update.status, update.output)
+            and last[0] == update.status
+            and (update.status_only or last[1] == update.output)
             and (
                 update.refresh_after is None or self.timing.clock() - last[2] < update.refresh_after
             )
@@ -101,14 +118,32 @@ class CheckRunner:
         except ValueError as err:
             await self.report(script_update(check, None, f"cannot parse script: {err}"))
             return
+        timeout = service.script_timeout or checks_mod.SCRIPT_TIMEOUT_SECONDS
         while True:
+            killable = service.container_id not in self._unkillable
             try:
+                # One probe at a time: the next starts only after this one ended (killed by
+                # its `timeout` wrapper, or waited for by exec_run where it cannot be).
                 result = await self.docker.exec_run(
                     service.container_id,
-                    command,
-                    timeout=service.script_timeout or checks_mod.SCRIPT_TIMEOUT_SECONDS,
+                    probe_command(command, timeout, killable),
+                    timeout=timeout + _EXEC_GRACE if killable else timeout,
                 )
-                await self.report(script_update(check, result.exit_code, result.output))
+                if killable and lacks_kill_wrapper(result.exit_code, result.output):
+                    self._unkillable.add(service.container_id)
+                    log.warning(
+                        "container %s: SERVICE_CHECK_SCRIPT of %s: the container has no "
+                        "`timeout` command, so a probe that overruns SERVICE_CHECK_TIMEOUT "
+                        "cannot be killed; the next probe waits for it to end",
+                        service.container_name,
+                        service.id,
+                    )
+                    continue
+                await self.report(
+                    probe_update(
+                        check, result.exit_code, result.output, timeout, killable, result.timed_out
+                    )
+                )
             except DockerError as err:
                 await self.report(script_update(check, None, f"exec failed: {err}"))
             await self.timing.sleep(interval)

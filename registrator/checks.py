@@ -19,6 +19,9 @@ from registrator.vocabulary import bool_word, whole_number
 
 DEFAULT_INTERVAL = "10s"
 SCRIPT_TIMEOUT_SECONDS = 30.0
+# The shortest script interval: Consul's own floor for check intervals. Each run is a docker
+# exec (two to three API calls); a 1 ms interval would flood dockerd.
+MIN_SCRIPT_INTERVAL_SECONDS = 1.0
 
 # Go's time.ParseDuration, as Consul reads durations: "10s", "1m30s", "1.5h", "250ms".
 # A bare "0" is the only unitless form, and only on its own ("00" and "1s0" are errors).
@@ -109,8 +112,11 @@ def build_checks(
     target: Target,
     container: Container,
     settings: Settings,
+    node_heartbeat: str = "",
 ) -> ChecksResult:
-    """The checks of one service; options read: -docker-health, -docker-health-initial, -ttl.
+    """The checks of one service; options read: -docker-health, -docker-health-initial, -ttl,
+    -node-reap-after. `node_heartbeat` is the id of the node's heartbeat service to alias
+    (empty: none).
 
     A malformed key never leaves the service unchecked (issue 12): the checks are built as if
     that key were absent, and a critical `misconfigured` check names the key, the value and
@@ -266,6 +272,13 @@ def build_checks(
         fields.update({k: v for k, v in common.items() if k not in {"Timeout"}})
         add(CheckKind.SCRIPT, "Script in container", fields, probing=False)
         script_interval = duration_seconds(interval)
+        if script_interval < MIN_SCRIPT_INTERVAL_SECONDS:
+            note(
+                "CHECK_INTERVAL",
+                f"{interval!r} is shorter than {MIN_SCRIPT_INTERVAL_SECONDS:g}s, the shortest "
+                f"interval a script check runs at; using {MIN_SCRIPT_INTERVAL_SECONDS:g}s",
+            )
+            script_interval = MIN_SCRIPT_INTERVAL_SECONDS
         # Consul's own default for script checks; an exec on a loaded host can take longer
         # than a short interval without the script failing.
         script_timeout = duration_seconds(timeout) if timeout else SCRIPT_TIMEOUT_SECONDS
@@ -293,6 +306,17 @@ def build_checks(
             {"TTL": f"{settings.ttl}s", "Status": "passing"},
             probing=False,
         )
+    if node_heartbeat:
+        # Consul evaluates the alias itself, on the agent that holds both services: when the
+        # node's agent stops beating, every service it registered turns critical at once.
+        fields = {
+            "AliasService": node_heartbeat,
+            "Notes": "critical while the registrator agent that registered this service is not "
+            "heartbeating (its node or the agent is down)",
+        }
+        if settings.node_reap_after:
+            fields["DeregisterCriticalServiceAfter"] = f"{settings.node_reap_after}s"
+        add(CheckKind.NODE_ALIAS, f"registrator node {node_heartbeat}", fields, probing=False)
     if broken:
         # Critical from its registration on; registrator also sets its output (plan.py).
         # No DeregisterCriticalServiceAfter: Consul would reap the service, and the next

@@ -9,7 +9,6 @@ cannot change Consul's mind.
 
 from __future__ import annotations
 
-import json
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -24,24 +23,22 @@ from tenacity import (
     wait_random,
 )
 
+from registrator.apiclient import APIError, JSONClient
 from registrator.ids import path_segment
 from registrator.settings import ConsulEndpoint
 
 
-class ConsulError(Exception):
+class ConsulError(APIError):
     """A failed Consul call. `transient` errors are worth retrying later."""
-
-    def __init__(self, message: str, status: int | None = None, transient: bool = True):
-        super().__init__(message)
-        self.status = status
-        self.transient = transient
 
 
 def _is_transient(err: BaseException) -> bool:
     return isinstance(err, ConsulError) and err.transient
 
 
-class ConsulClient:
+class ConsulClient(JSONClient):
+    error = ConsulError
+
     def __init__(
         self,
         endpoint: ConsulEndpoint,
@@ -51,74 +48,36 @@ class ConsulClient:
         timeout: float = 10.0,
         attempts: int = 3,
     ) -> None:
+        super().__init__(timeout)
         self.endpoint = endpoint
         self._token = token
         self._ssl = ssl_context
-        self._timeout = timeout
         self._attempts = attempts
-        self._session: aiohttp.ClientSession | None = None
         self.requests = 0  # answered or failed HTTP exchanges, for metrics and benchmarks
         self.writes = 0
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector: aiohttp.BaseConnector
-            if self.endpoint.scheme == "unix":
-                connector = aiohttp.UnixConnector(path=self.endpoint.socket_path)
-            else:
-                connector = aiohttp.TCPConnector(limit=32, ssl=self._ssl if self._ssl else True)
-            headers = {"X-Consul-Token": self._token} if self._token else {}
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-            )
-        return self._session
+    def _connector(self) -> aiohttp.BaseConnector:
+        if self.endpoint.scheme == "unix":
+            return aiohttp.UnixConnector(path=self.endpoint.socket_path)
+        return aiohttp.TCPConnector(limit=32, ssl=self._ssl if self._ssl else True)
 
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+    def _headers(self) -> dict[str, str]:
+        return {"X-Consul-Token": self._token} if self._token else {}
 
-    async def __aenter__(self) -> ConsulClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    def _transient_status(self, status: int) -> bool:
+        # 429: the agent's rate limit; the same request is welcome a little later.
+        return status >= 500 or status == 429
 
     async def _once(
         self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None
     ) -> Any:
-        # encoded=True: the path is already percent-encoded (ids via path_segment), and yarl
-        # would otherwise decode %2E%2E and drop the segment, deregistering another id.
-        url = yarl.URL(f"{self.endpoint.base_url}{path}", encoded=True)
         self.requests += 1
         if method != "GET":
             self.writes += 1
-        try:
-            # No redirects: Consul's router answers a path it cleaned (`a/../b`) with a 301 to
-            # another id's path, and following it would act on that other service.
-            async with self._client().request(
-                method, url, json=body, params=params, allow_redirects=False
-            ) as resp:
-                text = await resp.text()
-                if resp.status >= 300:
-                    raise ConsulError(
-                        f"{method} {path}: HTTP {resp.status}: {text.strip()[:300]}",
-                        status=resp.status,
-                        transient=resp.status >= 500 or resp.status == 429,
-                    )
-                if not text.strip():
-                    return None
-                try:
-                    return json.loads(text)
-                except ValueError:
-                    raise ConsulError(
-                        f"{method} {path}: answer is not JSON: {text[:100]!r}"
-                    ) from None
-        except TimeoutError as err:  # first: TimeoutError is an OSError since Python 3.3
-            raise ConsulError(f"{method} {path}: no answer within {self._timeout:g} s") from err
-        except (aiohttp.ClientError, OSError) as err:
-            raise ConsulError(f"{method} {path}: {type(err).__name__}: {err}") from err
+        # encoded=True: the path is already percent-encoded (ids via path_segment), and yarl
+        # would otherwise decode %2E%2E and drop the segment, deregistering another id.
+        url = yarl.URL(f"{self.endpoint.base_url}{path}", encoded=True)
+        return await self._exchange(method, url, path, params=params, body=body)
 
     async def _call(
         self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None
@@ -158,6 +117,13 @@ class ConsulClient:
         if not isinstance(answer, dict):
             raise ConsulError("GET /v1/agent/service: unexpected answer")
         return answer
+
+    async def checks(self) -> dict[str, dict[str, Any]]:
+        """`GET /v1/agent/checks`: check id → the check (Status, Notes, ServiceID, ...)."""
+        answer = await self._call("GET", "/v1/agent/checks")
+        if not isinstance(answer, dict):
+            raise ConsulError("GET /v1/agent/checks: unexpected answer")
+        return {k: v for k, v in answer.items() if isinstance(v, dict)}
 
     async def register(self, body: Mapping[str, Any]) -> None:
         # replace-existing-checks: the registration is whole, so a check removed from the

@@ -131,6 +131,7 @@ def parse_container(data: Any) -> Container:
         last_output = as_str(as_dict(log[-1]).get("Output"))
     labels = string_map(config.get("Labels"))
     exit_code = state.get("ExitCode")
+    stop_timeout = config.get("StopTimeout")
     return Container(
         id=container_id,
         name=as_str(doc.get("Name")).lstrip("/") or container_id[:12],
@@ -148,7 +149,17 @@ def parse_container(data: Any) -> Container:
         health=as_str(health.get("Status")) or None,
         health_output=last_output,
         finished_at=_finished_at(state.get("FinishedAt")),
+        stop_signal=as_str(config.get("StopSignal")),
+        started_at=_started_at(state.get("StartedAt")),
+        stop_timeout=stop_timeout
+        if isinstance(stop_timeout, int) and not isinstance(stop_timeout, bool)
+        else None,
     )
+
+
+def _started_at(value: object) -> str:
+    text = as_str(value)
+    return "" if text.startswith("0001-") else text
 
 
 def _finished_at(value: object) -> str:

@@ -9,34 +9,63 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from registrator.apiclient import APIError, JSONClient
+
 log = logging.getLogger(__name__)
 
-# Newest API whose answers we parse; older daemons are spoken to at their own version.
-MAX_API_VERSION = (1, 43)
+# Newest API the agent is tested against (Docker Engine 29.7.2): every field it reads exists
+# there (per-network addresses only: the top-level NetworkSettings.IPAddress is gone at 1.44+).
+MAX_API_VERSION = (1, 55)
 # Oldest we need: the fields we read exist since 1.24 (Docker 1.12).
 MIN_API_VERSION = (1, 24)
+# The events stream framing we parse (one JSON object per line). From API 1.52 Docker chooses
+# between newline-delimited JSON and JSON text sequences (RFC 7464) by this header.
+EVENTS_ACCEPT = "application/x-ndjson"
+# Docker: `client version 1.43 is too old. Minimum supported API version is 1.44` (or `is too
+# new. Maximum supported API version is ...`), with HTTP 400. The daemon changed underneath.
+_VERSION_REFUSED = re.compile(r"client version \S+ is too (old|new)", re.IGNORECASE)
+# Docker: 404 `No such container: x`; Podman: HTTP 500 `no such container` (and `no such
+# object` from its generic inspect). Either way the container is gone, Docker is not down.
+_NO_SUCH = re.compile(r"no such (container|object|image)", re.IGNORECASE)
 
 
-class DockerError(Exception):
+class DockerError(APIError):
     """A failed Docker API call. `transient` errors are worth retrying."""
 
-    def __init__(self, message: str, status: int | None = None, transient: bool = True):
-        super().__init__(message)
-        self.status = status
-        self.transient = transient
+    @property
+    def gone(self) -> bool:
+        """The object asked about does not exist (any engine's status and wording)."""
+        return self.status == 404 or bool(_NO_SUCH.search(self.body))
+
+    @property
+    def version_refused(self) -> bool:
+        """The daemon refused the API version this client speaks (it was up- or downgraded)."""
+        return self.status == 400 and bool(_VERSION_REFUSED.search(self.body))
 
 
 @dataclass(frozen=True)
 class ExecResult:
     exit_code: int
     output: str
+    # The process was still running when `timeout` passed; exec_run then waited for it to end.
+    timed_out: bool = False
+
+
+_LISTED_FIELDS = frozenset({"Id", "State"})
+
+
+def _listed_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Called for every JSON object, nested ones included: those keep none of these keys and
+    # their parents drop them anyway.
+    return {key: value for key, value in pairs if key in _LISTED_FIELDS}
 
 
 def _version_tuple(text: str) -> tuple[int, int]:
@@ -44,44 +73,71 @@ def _version_tuple(text: str) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
-class DockerClient:
+def _text(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+def choose_api_version(server: tuple[int, int], server_min: tuple[int, int]) -> tuple[int, int]:
+    """The newest API version both the daemon (`server_min`..`server`) and the agent
+    (MIN_API_VERSION..MAX_API_VERSION) speak; DockerError (not transient) if there is none."""
+    chosen = min(server, MAX_API_VERSION)
+    if chosen < max(server_min, MIN_API_VERSION):
+        raise DockerError(
+            f"Docker speaks API {_text(server_min)} to {_text(server)}, registrator speaks"
+            f" {_text(MIN_API_VERSION)} to {_text(MAX_API_VERSION)}: no version in common"
+            + (
+                " (the daemon's floor is raised by DOCKER_MIN_API_VERSION or min-api-version)"
+                if server_min > MAX_API_VERSION
+                else ""
+            ),
+            transient=False,
+        )
+    return chosen
+
+
+async def _json_lines(stream: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    """The objects of a newline-delimited JSON stream, as they arrive."""
+    buffer = b""
+    async for chunk in stream.iter_any():
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            # A record separator (RFC 7464 framing) would only be there if the daemon ignored
+            # our Accept header; tolerate it rather than drop every event.
+            line = line.strip().lstrip(b"\x1e")
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                log.warning("docker events: skipped a line that is not JSON: %r", line[:100])
+                continue
+            if isinstance(event, dict):
+                yield event
+
+
+class DockerClient(JSONClient):
+    error = DockerError
+
     def __init__(self, host: str, timeout: float = 30.0) -> None:
+        super().__init__(timeout)
         self._host = host
-        self._timeout = timeout
         self._socket_path = host[len("unix://") :] if host.startswith("unix://") else ""
         if self._socket_path:
             self._base = "http://docker"
         else:
             self._base = "http://" + host.split("://", 1)[1].rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
         self._prefix = ""
+        self._negotiating = asyncio.Lock()
 
     @property
     def host(self) -> str:
         return self._host
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector: aiohttp.BaseConnector = (
-                aiohttp.UnixConnector(path=self._socket_path)
-                if self._socket_path
-                else aiohttp.TCPConnector(limit=32)
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def __aenter__(self) -> DockerClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    def _connector(self) -> aiohttp.BaseConnector:
+        if self._socket_path:
+            return aiohttp.UnixConnector(path=self._socket_path)
+        return aiohttp.TCPConnector(limit=32)
 
     async def _request(
         self,
@@ -91,52 +147,63 @@ class DockerClient:
         params: Mapping[str, str] | None = None,
         body: Any = None,
         allow_404: bool = False,
+        object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
     ) -> Any:
-        url = f"{self._base}{self._prefix}{path}"
-        try:
-            async with self._client().request(method, url, params=params, json=body) as resp:
-                text = await resp.text()
-                if resp.status == 404 and allow_404:
+        """One versioned call; renegotiates once and repeats it if the daemon refuses the
+        version. With `allow_404`, a gone object (any status or wording) answers None."""
+        for attempt in range(2):
+            prefix = self._prefix
+            try:
+                return await self._exchange(
+                    method,
+                    f"{self._base}{prefix}{path}",
+                    path,
+                    params=params,
+                    body=body,
+                    object_pairs_hook=object_pairs_hook,
+                )
+            except DockerError as err:
+                if allow_404 and err.gone:
                     return None
-                if resp.status >= 400:
-                    raise DockerError(
-                        f"{method} {path}: HTTP {resp.status}: {text.strip()[:200]}",
-                        status=resp.status,
-                        transient=resp.status >= 500,
-                    )
-                if not text:
-                    return None
-                try:
-                    return json.loads(text)
-                except ValueError:
-                    raise DockerError(
-                        f"{method} {path}: answer is not JSON: {text[:100]!r}"
-                    ) from None
-        except TimeoutError as err:  # first: TimeoutError is an OSError since Python 3.3
-            raise DockerError(f"{method} {path}: no answer within {self._timeout:g} s") from err
-        except (aiohttp.ClientError, OSError) as err:
-            raise DockerError(f"{method} {path}: {type(err).__name__}: {err}") from err
+                if err.gone and err.transient:
+                    # Podman says "no such container" with HTTP 500: not an outage.
+                    raise DockerError(str(err), err.status, False, err.body) from err
+                if attempt == 0 and prefix and err.version_refused:
+                    await self._renegotiate(prefix)
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _renegotiate(self, refused_prefix: str) -> None:
+        async with self._negotiating:
+            if self._prefix == refused_prefix:  # not already done by a concurrent call
+                old = refused_prefix[2:]
+                version = await self.negotiate()
+                log.warning(
+                    "Docker refused API %s; now speaking %s to Docker %s",
+                    old,
+                    _text(self.api_version),
+                    version,
+                )
 
     async def negotiate(self) -> str:
-        """Pick the API version both sides speak; returns the daemon's version string."""
-        self._prefix = ""
-        version = await self._request("GET", "/version")
+        """Pick the API version both sides speak; returns the daemon's version string.
+
+        Raises a non-transient DockerError naming both ranges when there is none.
+        """
+        version = await self._exchange("GET", f"{self._base}/version", "/version")
         if not isinstance(version, dict):
             raise DockerError("GET /version: unexpected answer")
         try:
             server = _version_tuple(str(version.get("ApiVersion", "")))
+            # Absent before API 1.25; such a daemon speaks everything down to 1.12.
+            server_min = _version_tuple(str(version.get("MinAPIVersion") or "1.12"))
         except ValueError:
             raise DockerError(
                 f"GET /version: bad ApiVersion {version.get('ApiVersion')!r}"
+                f" or MinAPIVersion {version.get('MinAPIVersion')!r}"
             ) from None
-        chosen = min(server, MAX_API_VERSION)
-        if chosen < MIN_API_VERSION:
-            raise DockerError(
-                f"Docker API {server[0]}.{server[1]} is older than the {MIN_API_VERSION[0]}."
-                f"{MIN_API_VERSION[1]} we need",
-                transient=False,
-            )
-        self._prefix = f"/v{chosen[0]}.{chosen[1]}"
+        self._prefix = f"/v{_text(choose_api_version(server, server_min))}"
         return str(version.get("Version", "?"))
 
     async def ping(self) -> None:
@@ -149,8 +216,16 @@ class DockerClient:
         return info
 
     async def list_containers(self) -> list[dict[str, Any]]:
-        """Every container, running or not (stopped ones matter for -deregister on-success)."""
-        answer = await self._request("GET", "/containers/json", params={"all": "1"})
+        """Every container, running or not (stopped ones matter for -deregister on-success),
+        as `{"Id": ..., "State": ...}`: the only fields a full reconcile reads from the list.
+
+        The other fields (labels, ports, networks, mounts: about 1 KB of JSON per container)
+        are dropped while decoding, so the answer for 500 containers never exists as ~2 MB of
+        Python objects (which would set the agent's peak RSS); see docs/performance.md.
+        """
+        answer = await self._request(
+            "GET", "/containers/json", params={"all": "1"}, object_pairs_hook=_listed_fields
+        )
         if not isinstance(answer, list):
             raise DockerError("GET /containers/json: unexpected answer")
         return [
@@ -192,6 +267,13 @@ class DockerClient:
             raise DockerError(f"node {node_id[:12]}: unexpected answer")
         return answer
 
+    async def nodes(self) -> list[dict[str, Any]]:
+        """Every Swarm node (managers only; fails without a quorum)."""
+        answer = await self._request("GET", "/nodes")
+        if not isinstance(answer, list):
+            raise DockerError("GET /nodes: unexpected answer")
+        return [item for item in answer if isinstance(item, dict)]
+
     async def image(self, reference: str) -> dict[str, Any] | None:
         """An image's inspect document, or None if this engine does not have it."""
         return await self._document(f"/images/{quote(reference, safe='/:@')}/json")
@@ -209,40 +291,38 @@ class DockerClient:
 
         Yields until the daemon closes the stream; raises DockerError if it breaks.
         """
-        # Service events exist since API 1.30; an older daemon would refuse the filter.
-        types = ["container", "network"] + (["service"] if self.api_version >= (1, 30) else [])
-        params = {"filters": json.dumps({"type": types})}
-        if since:
-            params["since"] = since
-        url = f"{self._base}{self._prefix}/events"
-        try:
-            async with self._client().get(
-                url, params=params, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
-            ) as resp:
-                if resp.status >= 400:
-                    text = await resp.text()
-                    raise DockerError(
-                        f"GET /events: HTTP {resp.status}: {text.strip()[:200]}", status=resp.status
-                    )
-                yield {"Type": "registrator", "Action": "subscribed"}
-                buffer = b""
-                async for chunk in resp.content.iter_any():
-                    buffer += chunk
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
-                        if not line.strip():
-                            continue
-                        try:
-                            event = json.loads(line)
-                        except ValueError:
-                            log.warning(
-                                "docker events: skipped a line that is not JSON: %r", line[:100]
-                            )
-                            continue
-                        if isinstance(event, dict):
+        for attempt in range(2):
+            prefix = self._prefix
+            # Service events exist since API 1.30; an older daemon would refuse the filter.
+            types = ["container", "network"] + (["service"] if self.api_version >= (1, 30) else [])
+            params = {"filters": json.dumps({"type": types})}
+            if since:
+                params["since"] = since
+            refused: DockerError | None = None
+            try:
+                async with self._client().get(
+                    f"{self._base}{prefix}/events",
+                    params=params,
+                    headers={"Accept": EVENTS_ACCEPT},
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                ) as resp:
+                    if resp.status >= 400:
+                        text = await resp.text()
+                        refused = DockerError(
+                            f"GET /events: HTTP {resp.status}: {text.strip()[:300]}",
+                            status=resp.status,
+                            body=text[:1000],
+                        )
+                        if not (attempt == 0 and prefix and refused.version_refused):
+                            raise refused
+                    else:
+                        yield {"Type": "registrator", "Action": "subscribed"}
+                        async for event in _json_lines(resp.content):
                             yield event
-        except (aiohttp.ClientError, OSError) as err:
-            raise DockerError(f"GET /events: {type(err).__name__}: {err}") from err
+                        return
+            except (aiohttp.ClientError, OSError) as err:
+                raise DockerError(f"GET /events: {type(err).__name__}: {err}") from err
+            await self._renegotiate(prefix)
 
     async def exec_run(
         self,
@@ -250,7 +330,14 @@ class DockerClient:
         command: Sequence[str],
         timeout: float,  # noqa: ASYNC109 - bounds the exec, not this call's caller
     ) -> ExecResult:
-        """Run `command` in the container and collect its exit code and output."""
+        """Run `command` in the container and collect its exit code and output.
+
+        `timeout` (seconds) bounds the wait for its output. Docker cannot kill an exec
+        (there is no such endpoint), so a process still running then is waited for, polling
+        `GET /exec/{id}/json` once a second until it ends (or the container does), and the
+        answer says `timed_out`: a caller never has two of its commands running at once.
+        Raises DockerError when Docker cannot be asked.
+        """
         created = await self._request(
             "POST",
             f"/containers/{quote(container_id, safe='')}/exec",
@@ -267,7 +354,16 @@ class DockerClient:
                         raise DockerError(f"exec start: HTTP {resp.status}", status=resp.status)
                     raw = await resp.read()
         except TimeoutError:
-            return ExecResult(exit_code=2, output=f"timed out after {timeout:g} s")
+            state = await self._request("GET", f"/exec/{exec_id}/json")
+            while isinstance(state, dict) and state.get("Running") is True:
+                await asyncio.sleep(1.0)
+                state = await self._request("GET", f"/exec/{exec_id}/json")
+            exit_code = state.get("ExitCode") if isinstance(state, dict) else None
+            return ExecResult(
+                exit_code if isinstance(exit_code, int) else 2,
+                f"timed out after {timeout:g} s",
+                timed_out=True,
+            )
         except (aiohttp.ClientError, OSError) as err:
             raise DockerError(f"exec start: {err}") from err
         state = await self._request("GET", f"/exec/{exec_id}/json")

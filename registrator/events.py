@@ -16,6 +16,7 @@ CONTAINER_EVENTS = frozenset(
         "stop",
         "kill",
         "destroy",
+        "remove",  # Podman's name for destroy
         "pause",
         "unpause",
         "restart",
@@ -25,8 +26,6 @@ CONTAINER_EVENTS = frozenset(
         "health_status",
     }
 )
-# Signals after which a container is expected to go away (docker stop, docker kill, Ctrl-C).
-_STOP_SIGNALS = frozenset({"2", "3", "9", "15", "SIGINT", "SIGQUIT", "SIGKILL", "SIGTERM"})
 
 
 def event_container_id(event: dict[str, Any]) -> str | None:
@@ -57,14 +56,34 @@ def event_service_id(event: dict[str, Any]) -> str | None:
     return str(service_id) if service_id else None
 
 
-def is_stop_signal(event: dict[str, Any]) -> bool:
-    """A `kill` event whose signal means "stop": the moment to drain, before `die`."""
+def kill_signal(event: dict[str, Any]) -> str | None:
+    """The signal a `kill` event sent (dockerd 20.10 gives its number: "15"), else None."""
     if event.get("Type") != "container" or event.get("Action") != "kill":
-        return False
+        return None
     actor = event.get("Actor")
     attributes = actor.get("Attributes") if isinstance(actor, dict) else None
     signal = attributes.get("signal") if isinstance(attributes, dict) else None
-    return str(signal) in _STOP_SIGNALS
+    return str(signal) if signal is not None else None
+
+
+# Linux signal numbers (x86 and arm; Docker gives names or numbers) of the signals a container
+# may be stopped with. Unknown names compare as themselves.
+_SIGNAL_NUMBERS = {
+    "HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "TRAP": 5, "ABRT": 6, "BUS": 7, "FPE": 8,
+    "KILL": 9, "USR1": 10, "SEGV": 11, "USR2": 12, "PIPE": 13, "ALRM": 14, "TERM": 15,
+    "STKFLT": 16, "CHLD": 17, "CONT": 18, "STOP": 19, "TSTP": 20, "TTIN": 21, "TTOU": 22,
+    "URG": 23, "XCPU": 24, "XFSZ": 25, "VTALRM": 26, "PROF": 27, "WINCH": 28, "IO": 29,
+    "PWR": 30, "SYS": 31,
+}  # fmt: skip
+
+
+def signal_number(signal: str) -> int | str:
+    """ "SIGTERM", "TERM", "sigterm", "15" → 15; anything else as given (upper case)."""
+    text = signal.strip().upper()
+    if text.isdigit():
+        return int(text)
+    name = text.removeprefix("SIG")
+    return _SIGNAL_NUMBERS.get(name, text)
 
 
 def is_subscribed(event: dict[str, Any]) -> bool:

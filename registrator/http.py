@@ -2,14 +2,23 @@
 
 Metrics are read from the reconciler's counters at scrape time by a collector registered in a
 registry of our own, so nothing lives in prometheus_client's global default registry.
+
+Two fixed paths need no router, so this uses aiohttp's low-level server (`aiohttp.web.Server`,
+"Low Level Server" in aiohttp's docs) straight from its module: importing `aiohttp.web` would
+also load the application, router, runner and middleware modules, about 1.4 MB of the agent's
+resident memory for nothing (measured; docs/performance.md, "Where the memory goes").
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Iterator
 
-from aiohttp import web
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import Response
+from aiohttp.web_server import Server
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -69,17 +78,36 @@ class AgentCollector(Collector):
         )
         lag.add_metric([], stats.last_event_lag)
         yield lag
+        yield CounterMetricFamily(
+            "registrator_lost_node_deregistrations",
+            "services of lost Swarm nodes this agent deregistered as the Swarm leader",
+            value=agent.reaper.reaped if agent.reaper is not None else 0,
+        )
         owned = GaugeMetricFamily("registrator_owned_services", "services this node owns in Consul")
         owned.add_metric([], len(reconciler.owned_service_ids()))
         yield owned
 
 
-def make_app(agent: Agent) -> web.Application:
+class HealthServer:
+    """The listening socket and aiohttp's per-connection handler; `cleanup()` stops both."""
+
+    def __init__(self, listener: asyncio.Server, handler: Server) -> None:
+        self._listener = listener
+        self._handler = handler
+
+    async def cleanup(self) -> None:
+        self._listener.close()
+        await self._handler.shutdown(timeout=1.0)
+        await self._listener.wait_closed()
+
+
+def make_handler(agent: Agent) -> Server:
+    """aiohttp's low-level server answering GET /health (JSON) and GET /metrics (Prometheus)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(AgentCollector(agent))
     started = time.monotonic()
 
-    async def health(_: web.Request) -> web.Response:
+    def health() -> Response:
         body = {
             "ready": agent.ready,
             "docker": agent.docker_ok,
@@ -87,22 +115,29 @@ def make_app(agent: Agent) -> web.Application:
             "synced": bool(agent.reconciler and agent.reconciler.synced),
             "uptime_seconds": round(time.monotonic() - started, 1),
         }
-        return web.json_response(body, status=200 if agent.ready else 503)
+        return Response(
+            text=json.dumps(body),
+            status=200 if agent.ready else 503,
+            content_type="application/json",
+        )
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
+    async def handle(request: BaseRequest) -> Response:
+        if request.path not in ("/health", "/metrics"):
+            return Response(status=404, text="404: Not Found")
+        if request.method not in ("GET", "HEAD"):
+            return Response(status=405, text="405: Method Not Allowed", headers={"Allow": "GET"})
+        if request.path == "/health":
+            return health()
+        return Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
 
-    app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
-    return app
+    return Server(handle, access_log=None)
 
 
-async def serve(agent: Agent, address: str) -> web.AppRunner:
-    """Start the server on `HOST:PORT` (`:PORT` = all interfaces); returns its runner."""
+async def serve(agent: Agent, address: str) -> HealthServer:
+    """Start the server on `HOST:PORT` (`:PORT` = all interfaces); `cleanup()` stops it."""
     host, _, port = address.rpartition(":")
-    runner = web.AppRunner(make_app(agent), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]") or None, int(port))
-    await site.start()
-    return runner
+    handler = make_handler(agent)
+    listener = await asyncio.get_running_loop().create_server(
+        handler, host.strip("[]") or None, int(port)
+    )
+    return HealthServer(listener, handler)

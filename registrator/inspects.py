@@ -64,7 +64,15 @@ class Inspects:
         ):
             self._cache.pop(container_id, None)
             return None
-        if cached is not None and not force and cached.state == list_state:
+        # A container with a HEALTHCHECK is looked at again on every full reconcile: its health
+        # is not in the list, and not every engine sends health events (Podman 4.3.1 sends one
+        # per probe, some versions none), so a resync is what keeps the mirror right there.
+        if (
+            cached is not None
+            and not force
+            and cached.state == list_state
+            and cached.container.health is None
+        ):
             return cached.container
         document = await self.docker.inspect(container_id)
         self.status.answered("docker")

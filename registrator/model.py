@@ -1,7 +1,8 @@
 """Values that flow between the pure core and the I/O shell.
 
 Everything here is a frozen dataclass: the planner compares values, never identities, and a
-value read from Docker can be handed to several reconciles without anyone changing it.
+value read from Docker can be handed to several reconciles without anyone changing it. They
+have __slots__ (no per-instance __dict__): the reconciler keeps several per container.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ META_HASH = "registrator-hash"
 OWNER_META_KEYS = frozenset({META_SOURCE, META_NODE, META_CONTAINER, META_HASH})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PortBinding:
     """One host binding of a container port (`-p HOSTIP:HOSTPORT:PORT`)."""
 
@@ -26,7 +27,7 @@ class PortBinding:
     host_port: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerPort:
     """A port the container exposes, with where (if anywhere) it is published."""
 
@@ -35,7 +36,7 @@ class ContainerPort:
     bindings: tuple[PortBinding, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkAttachment:
     """One network of a container: its IPv4 and (global) IPv6 address there, either may be ""."""
 
@@ -63,7 +64,7 @@ class NetworkAttachment:
         return tagged
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SwarmPort:
     """One port a Swarm service publishes (`docker service create -p published:target`)."""
 
@@ -73,7 +74,7 @@ class SwarmPort:
     mode: str  # "ingress" (routing mesh, on every node) | "host" (only where a task runs)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SwarmService:
     """What a manager's `GET /services/{id}` says that a task container cannot.
 
@@ -92,7 +93,7 @@ class SwarmService:
     image: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Container:
     """What the planner needs of one `docker inspect` answer."""
 
@@ -115,9 +116,24 @@ class Container:
     finished_at: str = ""
     # The Swarm service this task container belongs to, when the agent could read it.
     swarm_service: SwarmService | None = None
+    # Config.StopSignal as Docker holds it ("SIGTERM", "TERM", "15"; "" means SIGTERM) and
+    # Config.StopTimeout in seconds (None: not set; `docker stop` then waits 10 s).
+    stop_signal: str = ""
+    stop_timeout: int | None = None
+    # State.StartedAt (RFC 3339 with nanoseconds, UTC; "" if it never started).
+    started_at: str = ""
+    # `--network container:X`: the container X whose network stack this one shares, as the
+    # shell read it (None: not read, or gone). See planner.on_owner_stack.
+    network_owner: Container | None = None
+
+    @property
+    def network_owner_ref(self) -> str:
+        """The id (or name) after `container:` in HostConfig.NetworkMode, else ""."""
+        mode, _, ref = self.network_mode.partition(":")
+        return ref if mode == "container" else ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Problem:
     """Something about a container's metadata that we could not honour, and why.
 
@@ -146,6 +162,7 @@ class CheckKind(StrEnum):
     HEARTBEAT = "registrator-ttl"  # -ttl: registrator itself is alive
     # A malformed SERVICE_CHECK_* key: critical, saying which key, which value and why.
     MISCONFIGURED = "misconfigured"
+    NODE_ALIAS = "registrator-node"  # Consul aliases the node's heartbeat (-node-ttl)
 
     @property
     def reported_by_agent(self) -> bool:
@@ -158,7 +175,7 @@ _REPORTED_BY_AGENT = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Check:
     """One Consul check definition, already in Consul's JSON field names.
 
@@ -172,7 +189,7 @@ class Check:
     fields: Mapping[str, object] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CheckUpdate:
     """A status registrator reports for one of its own checks (PUT /v1/agent/check/update).
 
@@ -184,9 +201,12 @@ class CheckUpdate:
     status: str  # "passing" | "warning" | "critical"
     output: str
     refresh_after: float | None = None
+    # A newer output alone is not worth a write (the Docker health mirror: Podman sends an
+    # event per probe, each with the probe's fresh output).
+    status_only: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     """One desired Consul service registration."""
 
@@ -212,7 +232,7 @@ class Service:
     tagged_addresses: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HeldService:
     """What we know Consul holds for one of our services."""
 
@@ -224,7 +244,7 @@ class HeldService:
     port: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     """The writes that make Consul hold what one container (or the node) should have.
 

@@ -10,12 +10,14 @@ own checks. The node-level decisions (maintenance on a stop signal, clean-up at 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 
 from registrator import checks as checks_mod
 from registrator.connect import sidecar_id
+from registrator.events import signal_number
 from registrator.model import (
     Check,
     CheckKind,
@@ -229,7 +231,7 @@ def mirror_health(container: Container, services: Iterable[Service]) -> tuple[Ch
         return ()
     output = container.health_output or f"Docker reports {container.health}"
     return tuple(
-        CheckUpdate(check.check_id, status, output, refresh_after(check))
+        CheckUpdate(check.check_id, status, output, refresh_after(check), status_only=True)
         for service in services
         for check in service.checks
         if check.kind is CheckKind.DOCKER_HEALTH
@@ -260,6 +262,54 @@ def script_update(check: Check, exit_code: int | None, output: str) -> CheckUpda
     return CheckUpdate(check.check_id, status, output, refresh_after(check))
 
 
+# A probe runs as `timeout -s KILL N COMMAND`: the Docker API has no way to kill an exec, so
+# the kill is left to a process inside the container. busybox and coreutils both have it and
+# both take whole seconds; a killed probe exits 128 + 9.
+_KILL_WRAPPER = "timeout"
+_KILLED = 137
+
+
+def probe_command(command: Sequence[str], timeout: float, killable: bool) -> list[str]:
+    """The argv to exec for one script probe; `timeout` in seconds (rounded up: busybox's
+    `timeout` takes whole seconds); `killable` False: the container has no `timeout`."""
+    if not killable:
+        return list(command)
+    return [_KILL_WRAPPER, "-s", "KILL", str(max(1, math.ceil(timeout))), *command]
+
+
+def lacks_kill_wrapper(exit_code: int, output: str) -> bool:
+    """The exec failed because the container has no `timeout` on its PATH (Docker answers
+    126 "executable file not found", 127 from a shell)."""
+    return (
+        exit_code in {126, 127}
+        and f'"{_KILL_WRAPPER}"' in output
+        and ("not found" in output or "no such file" in output.lower())
+    )
+
+
+def probe_update(
+    check: Check,
+    exit_code: int,
+    output: str,
+    timeout: float,
+    killable: bool,
+    timed_out: bool = False,
+) -> CheckUpdate:
+    """A probe's result. Killed by its `timeout` wrapper (exit 137 under it), or still running
+    when Docker's answer was due (`timed_out`: it could not be killed, and the next probe
+    waited for it to end): critical, saying so."""
+    if killable and exit_code == _KILLED:
+        return script_update(check, 2, f"timed out after {timeout:g} s; killed")
+    if timed_out:
+        return script_update(
+            check,
+            2,
+            f"timed out after {timeout:g} s; not killed: the container has no `timeout` "
+            "command, so the next probe waited for this one to end",
+        )
+    return script_update(check, exit_code, output)
+
+
 def heartbeat_updates(
     registered: Iterable[Service], stopped: AbstractSet[str] = frozenset()
 ) -> tuple[CheckUpdate, ...]:
@@ -283,9 +333,88 @@ class Maintenance:
     reason: str = ""
 
 
+# What `docker stop` waits for a container without Config.StopTimeout before SIGKILL.
+DEFAULT_STOP_TIMEOUT = 10
+# Past the stop timeout, how long a container may still take to die (dockerd sends SIGKILL
+# then, and the `die` event follows) before it counts as having survived its stop signal.
+DRAIN_GRACE = 5.0
+
+
+DRAIN_REASON = "registrator: container is stopping"
+# Consul's id for a service's maintenance check (PUT /v1/agent/service/maintenance/:id); its
+# Notes hold the reason given.
+MAINTENANCE_CHECK_PREFIX = "_service_maintenance:"
+
+
 def plan_drain(held: Iterable[str]) -> Maintenance:
     """-drain, on a stop signal: the container is about to stop serving."""
-    return Maintenance(tuple(sorted(held)), True, "registrator: container is stopping")
+    return Maintenance(tuple(sorted(held)), True, DRAIN_REASON)
+
+
+def maintenance_reasons(checks: Mapping[str, Mapping[str, object]]) -> dict[str, str]:
+    """`GET /v1/agent/checks` → service id → the reason of its maintenance, for services in
+    maintenance (set by registrator's -drain or by an operator)."""
+    return {
+        check_id.removeprefix(MAINTENANCE_CHECK_PREFIX): str(check.get("Notes") or "")
+        for check_id, check in checks.items()
+        if check_id.startswith(MAINTENANCE_CHECK_PREFIX)
+    }
+
+
+def keep_maintenance(
+    registered: Iterable[str], reasons: Mapping[str, str]
+) -> tuple[Maintenance, ...]:
+    """Re-registering a service with ?replace-existing-checks removes its maintenance check
+    (measured on Consul 1.14): put back each one it had, with its reason, ours or not."""
+    return tuple(
+        Maintenance((service_id,), True, reasons[service_id])
+        for service_id in sorted(set(registered))
+        if service_id in reasons
+    )
+
+
+def plan_stale_drains(
+    reasons: Mapping[str, str],
+    held: Mapping[str, Mapping[str, HeldService]],
+    running: AbstractSet[str],
+) -> Maintenance | None:
+    """At the agent's first full reconcile: maintenance registrator set (DRAIN_REASON) on
+    services of containers that run. A drain is lifted by the agent that set it, after the
+    container's stop window; an agent restarted in that window would otherwise leave it on
+    forever. A container still inside its stop window then loses its maintenance early (the
+    restarted agent cannot tell a stop in progress from a survivor); one set by an operator
+    (any other reason) is left alone."""
+    stale = sorted(
+        service_id
+        for key, services in held.items()
+        if key in running
+        for service_id in services
+        if reasons.get(service_id) == DRAIN_REASON
+    )
+    return Maintenance(tuple(stale), False) if stale else None
+
+
+def drains_on(signal: str | None, container: Container | None) -> bool:
+    """-drain: a `kill` event with `signal` is the container's own stop signal
+    (Config.StopSignal, SIGTERM when unset), sent by `docker stop` or an orchestrator.
+
+    Any other signal (SIGHUP reloads, SIGQUIT thread dumps, SIGUSR1 log rotation, SIGKILL,
+    after which `die` follows at once) puts nothing in maintenance. A container already
+    gone (None) has nothing to drain.
+    """
+    if signal is None or container is None or not container.running:
+        return False
+    return signal_number(signal) == signal_number(container.stop_signal or "SIGTERM")
+
+
+def drain_window(container: Container) -> float:
+    """Seconds after its stop signal until a container still running counts as having
+    survived it: its stop timeout (Config.StopTimeout, else docker stop's 10 s), plus
+    DRAIN_GRACE. A `docker stop -t N` overriding it is not visible in the event or inspect."""
+    timeout = container.stop_timeout
+    if timeout is None or timeout < 0:
+        timeout = DEFAULT_STOP_TIMEOUT
+    return timeout + DRAIN_GRACE
 
 
 def plan_undrain(container: Container | None, held: Iterable[str]) -> Maintenance | None:

@@ -43,6 +43,7 @@ from registrator.model import (
     Service,
 )
 from registrator.payload import payload_hash
+from registrator.reaping import heartbeat_service_id
 from registrator.settings import DeregisterMode, Settings
 from registrator.swarm import is_vip_key, task_service_id
 from registrator.vocabulary import expand_template, port_number
@@ -345,10 +346,63 @@ def left_to_vip(container: Container, ctx: PlanContext) -> bool:
     return service is None or service.endpoint_mode == "vip"
 
 
+def _time_key(rfc3339: str) -> tuple[str, str]:
+    """Docker's UTC times ("2026-11-30T03:59:46.12345Z") in an order that compares: Go drops
+    trailing zeros of the fraction, so the fraction is padded."""
+    head, _, fraction = rfc3339.rstrip("Z").partition(".")
+    return head, fraction.ljust(9, "0")
+
+
+def on_owner_stack(container: Container) -> tuple[Container | None, Problem | None]:
+    """A container started with `--network container:X` has no network of its own: it is
+    reached where X is. Returns the container as planned (X's networks, network mode and, for
+    its own ports, X's bindings: only X can publish them), or None and why.
+
+    Not registered while X does not run (gone, stopped), nor when X started after it: Docker
+    gives a restarted X a new stack and leaves this container in the old one, which has only
+    loopback, until it is restarted itself (measured on dockerd 20.10).
+    """
+    owner = container.network_owner
+    ref = container.network_owner_ref
+    if owner is None or not owner.running:
+        reason = f"shares the network stack of container {ref[:12]}, which does not run"
+        return None, Problem(
+            container.name, f"--network container:{ref[:12]}", f"{reason}; not registered"
+        )
+    if owner.started_at and _time_key(owner.started_at) > _time_key(container.started_at):
+        return None, Problem(
+            container.name,
+            f"--network container:{ref[:12]}",
+            f"shares the network stack of container {owner.name}, which restarted after it; "
+            "Docker left it in the old stack, which has no network; not registered until it "
+            "is restarted too",
+        )
+    published = {(p.port, p.protocol): p.bindings for p in _ports(owner)}
+    ports = {(p.port, p.protocol): p for p in container.ports}
+    wanted = service_metadata(container, None).get("PORT").strip()
+    if wanted.isdigit() and (int(wanted), "tcp") in published:
+        ports.setdefault((int(wanted), "tcp"), ContainerPort(int(wanted), "tcp"))
+    return replace(
+        container,
+        networks=owner.networks,
+        network_mode=owner.network_mode,
+        ports=tuple(
+            replace(port, bindings=published.get(key, ())) for key, port in sorted(ports.items())
+        ),
+    ), None
+
+
 def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
     """The services this container should have in Consul right now."""
     if not container.running or container.paused or container.restarting:
         return ContainerPlan(())
+    if container.network_owner_ref:
+        stacked, problem = on_owner_stack(container)
+        if stacked is None:
+            wants = container.ports or service_metadata(container, None).get("PORT").strip()
+            # A helper with nothing to register is not worth a warning.
+            return ContainerPlan((), (problem,) if problem and wants else ())
+        container = stacked
     if left_to_vip(container, ctx):
         return ContainerPlan(())
     problems = _Problems(container.name, list(problems_with_keys(container)))
@@ -516,6 +570,7 @@ def _service(
         checks_mod.Target(address, endpoint.port),
         container,
         ctx.settings,
+        node_heartbeat=heartbeat_service_id(ctx.node) if ctx.settings.node_ttl else "",
     )
     problems.items.extend(built.problems)
     if built.script and is_vip_key(container.id):

@@ -336,6 +336,30 @@ class Settings:
         "seconds between TTL heartbeats (must be below -ttl)",
         metavar="SECONDS",
     )
+    node_ttl: int = option(
+        30,
+        "REGISTRATOR_NODE_TTL",
+        _int_at_least(0),
+        "TTL of this node's heartbeat in Consul, beaten every TTL/2; every service gets an "
+        "alias check on it, so it turns critical when the node or agent is gone (0: off)",
+        metavar="SECONDS",
+    )
+    node_reap_after: int = option(
+        300,
+        "REGISTRATOR_NODE_REAP_AFTER",
+        _int_at_least(0),
+        "Consul removes a service whose node heartbeat has been critical this long "
+        "(at least 60: Consul's minimum; 0: never)",
+        metavar="SECONDS",
+    )
+    swarm_reap_after: int = option(
+        60,
+        "REGISTRATOR_SWARM_REAP_AFTER",
+        _int_at_least(0),
+        "on the Swarm leader: deregister the services of a node Swarm has reported down this "
+        "long, or that left the swarm (0: off)",
+        metavar="SECONDS",
+    )
     docker_health: bool = option(
         True,
         "REGISTRATOR_DOCKER_HEALTH",
@@ -354,7 +378,8 @@ class Settings:
         False,
         "REGISTRATOR_DRAIN",
         parse_bool,
-        "on a stop/kill event, put the container's services in maintenance before it dies",
+        "on the container's own stop signal, put its services in maintenance until it dies "
+        "(or outlives its stop timeout)",
         is_bool=True,
     )
     deregister_on_exit: bool = option(
@@ -550,6 +575,16 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> Command:
     if values.get("ttl", 0) and not values.get("ttl_refresh"):
         # Half the TTL leaves room for one missed heartbeat.
         values["ttl_refresh"] = max(1, values["ttl"] // 2)
+    if values.get("node_ttl") == 1:
+        raise ConfigError(
+            f"{sources['node_ttl']}: must be 0 (off) or at least 2 (the heartbeat beats every "
+            "TTL/2 seconds)"
+        )
+    if 0 < values.get("node_reap_after", Settings.node_reap_after) < 60:
+        raise ConfigError(
+            f"{sources['node_reap_after']}: must be 0 (never) or at least 60: Consul removes "
+            "critical services no sooner than after one minute"
+        )
     if values.get("consul_client_key") and not values.get("consul_client_cert"):
         raise ConfigError("CONSUL_CLIENT_KEY: given without CONSUL_CLIENT_CERT")
     if values.get("consul_client_cert") and not values.get("consul_client_key"):

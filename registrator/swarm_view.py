@@ -37,10 +37,13 @@ class SwarmView:
         swarm_vip: bool,
         manager_id: str = "",
         in_swarm: bool = False,
+        watch_leader: bool = False,
     ) -> None:
         self.docker = docker
         self.status = status
         self.swarm_vip = swarm_vip
+        # Also read leadership without -swarm-vip: the leader's agent reaps lost nodes.
+        self.watch_leader = watch_leader
         # The Swarm node id when this engine is a manager (only managers can read services).
         self.manager_id = manager_id
         # Whether the engine was in a swarm at startup; only then is its role re-read at every
@@ -98,12 +101,12 @@ class SwarmView:
                     self.status.error("swarm", f"GET /services: {err}")
                     continue
                 services[service.id] = service
-            if self.swarm_vip:
+            if self.swarm_vip or self.watch_leader:
                 status = (await self.docker.node(manager_id)).get("ManagerStatus")
                 leader = isinstance(status, dict) and status.get("Leader") is True
-                self.leader = _role_changed(
-                    "the Swarm leader", self.leader, leader, "writing VIP registrations"
-                )
+                duty = "writing VIP registrations" if self.swarm_vip else "reaping lost nodes"
+                self.leader = _role_changed("the Swarm leader", self.leader, leader, duty)
+            if self.swarm_vip:
                 await self._refresh_networks()
         except DockerError as err:
             self.status.error("swarm", f"full reconcile: cannot read Swarm state: {err}", True)

@@ -2,7 +2,7 @@
 
 Request retries inside the clients stay with tenacity; these are the agent's own waits: the
 startup retry interval (-retry-interval), backoff after a failed full reconcile or a broken
-event stream, the drain re-check, the shutdown budget, and the check runner's clock.
+event stream, the drain window's scale, the shutdown budget, and the check runner's clock.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 class Timing:
     event_backoff: tuple[float, float] = (0.5, 30.0)  # first, longest (seconds)
     reconcile_backoff: tuple[float, float] = (0.5, 5.0)
-    drain_recheck: float = 30.0  # after a stop signal, until a survivor is un-drained
+    # The drain window (plan.drain_window: the container's stop timeout) is multiplied by
+    # this; unit tests shrink it.
+    drain_scale: float = 1.0
     shutdown_idle: float = 3.0  # in-flight reconciles may finish within this
     shutdown_deregister: float = 1.5  # -deregister-on-exit may take this long
     clock: Callable[[], float] = time.monotonic

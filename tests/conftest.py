@@ -30,8 +30,15 @@ from tests.helpers_cli import RegistratorProcess
 _CONSUL_FIXTURES = {"consul_bin", "consul_agent", "consul", "consul_factory"}
 _DOCKER_FIXTURES = {"docker_client", "test_image", "containers", "docker_network"}
 
+# The engine lane (scripts/test sets it with DOCKER_HOST): docker20, docker29 or podman.
+ENGINE = os.environ.get("REGISTRATOR_TEST_ENGINE") or "docker20"
+ENGINES = ("docker20", "docker29", "podman")
+_deselected_by_engine: list[tuple[str, str]] = []
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+
+# trylast: after -m and -k have deselected, so the summary lists only what the engine took away.
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Mark by fixture use, so `-m "not docker"` works without every test remembering a marker.
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
@@ -39,6 +46,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.consul)
         if names & _DOCKER_FIXTURES:
             item.add_marker(pytest.mark.docker)
+    # `@pytest.mark.engines("docker20", reason=...)`: a test that cannot apply to the other
+    # engines is deselected in their lanes, and the summary says which and why.
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        marker = item.get_closest_marker("engines")
+        if marker is None or ENGINE in marker.args:
+            kept.append(item)
+            continue
+        unknown = set(marker.args) - set(ENGINES)
+        if unknown:
+            raise pytest.UsageError(f"{item.nodeid}: unknown engines {sorted(unknown)}")
+        reason = marker.kwargs.get("reason")
+        if not reason:
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.engines needs a reason=")
+        dropped.append(item)
+        _deselected_by_engine.append((item.nodeid, str(reason)))
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _deselected_by_engine:
+        terminalreporter.section(f"not for the {ENGINE} engine (deselected)")
+        for nodeid, reason in _deselected_by_engine:
+            terminalreporter.write_line(f"{nodeid}: {reason}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -501,8 +502,30 @@ LABEL = "registrator-test"
 OWNER_LABEL = "registrator-test.owner"
 TEST_LABEL = "registrator-test.test"
 # Test networks take /24s from here: inside 198.18.0.0/15 (the only range the tests may use)
-# and clear of dockerd's own bridge (198.18.0.0/24) and default pool (198.19.0.0/16).
-NETWORK_POOL = ipaddress.ip_network("198.18.64.0/18")
+# and clear of dockerd's own bridge (198.18.0.0/24) and default pool (198.19.0.0/16). Each
+# engine lane of scripts/test sets its own, disjoint pool: two engines on one machine share the
+# host's routes, and neither knows the other's subnets.
+NETWORK_POOL = ipaddress.ip_network(
+    os.environ.get("REGISTRATOR_TEST_NETWORK_POOL") or "198.18.64.0/18"
+)
+
+
+def docker_host() -> str:
+    """The engine the tests (and the agents they start) talk to: DOCKER_HOST of the lane."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def docker_socket() -> Path:
+    """The lane engine's socket, for proxies put in front of it."""
+    host = docker_host()
+    if not host.startswith("unix://"):
+        raise AssertionError(f"DOCKER_HOST={host!r}: these tests need a local unix socket")
+    return Path(host[len("unix://") :])
+
+
+# The network a container joins when a test names none. Unset for Docker (its default bridge);
+# the podman lane names a network on a 198.18.0.0/15 subnet (Podman's default is 10.88.0.0/16).
+DEFAULT_NETWORK = os.environ.get("REGISTRATOR_TEST_NETWORK") or None
 
 
 def _owner() -> str:
@@ -595,9 +618,7 @@ class NetworkFactory:
                 kwargs["enable_ipv6"] = True
             ipam = IPAMConfig(pool_configs=pools)
             try:
-                network = self._client.networks.create(
-                    name, driver="bridge", ipam=ipam, labels=all_labels, **kwargs
-                )
+                network = self._create(name, ipam, all_labels, **kwargs)
             except docker.errors.APIError as exc:
                 # Another test run on the same daemon took this subnet after we listed them.
                 if "overlap" not in str(exc).lower():
@@ -608,6 +629,22 @@ class NetworkFactory:
             network.reload()
             return network
         raise RuntimeError(f"no free /24 left in {NETWORK_POOL}: {last_error}")
+
+    def _create(
+        self, name: str, ipam: IPAMConfig, labels: Mapping[str, str], **kwargs: Any
+    ) -> Network:
+        for attempt in range(5):
+            try:
+                return self._client.networks.create(
+                    name, driver="bridge", ipam=ipam, labels=labels, **kwargs
+                )
+            except docker.errors.APIError as exc:
+                # Podman (CNI) lists the host's routes to check the subnet; an interface that
+                # another engine removes meanwhile fails that listing. Asking again works.
+                if "no such network interface" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
 
     def remove_all(self) -> None:
         for network in reversed(self.created):
@@ -641,29 +678,49 @@ class ContainerFactory:
         environment: Mapping[str, str] | Sequence[str] | None = None,
         ports: Mapping[str, Any] | None = None,
         network: str | Network | None = None,
+        expose: Sequence[str] = (),
         **kwargs: Any,
     ) -> Container:
         """Starts a container and returns it, reloaded so `attrs` shows its ports and addresses.
 
-        `command` defaults to an idle shell that exits promptly on SIGTERM. Other keyword
+        `command` defaults to an idle shell that exits promptly on SIGTERM. `ports` publishes
+        (docker-py's form); `expose` ("8080/tcp", ...) only exposes: no host binding at all, since
+        an empty binding list publishes on a random port from Engine 29 on. Other keyword
         arguments go to `containers.run` (e.g. image=..., hostname=..., init=True).
         """
         name = _resource_name(self._test_name, name_suffix)
         all_labels = _resource_labels(self._test_id, labels)
         if isinstance(network, Network):
             network = network.name
-        container: Container = self.client.containers.run(
-            kwargs.pop("image", self.image),
-            command=list(IDLE_COMMAND) if command is None else command,
-            name=name,
-            labels=all_labels,
-            environment=environment,
-            ports=ports,
-            network=network,
-            detach=True,
-            **kwargs,
-        )
-        self.created.append(container)
+        network = network or (None if kwargs.get("network_mode") else DEFAULT_NETWORK)
+        command = list(IDLE_COMMAND) if command is None else command
+        image = kwargs.pop("image", self.image)
+        common: dict[str, Any] = {
+            "command": command, "name": name, "labels": all_labels, "environment": environment
+        }  # fmt: skip
+        container: Container
+        if expose:
+            if kwargs:
+                raise TypeError(f"expose= takes no other options: {sorted(kwargs)}")
+            # docker-py's high-level run publishes every port it is given; the low-level create
+            # can expose without binding.
+            host_config = self.client.api.create_host_config(
+                port_bindings=dict(ports or {}), network_mode=network
+            )
+            created = self.client.api.create_container(
+                image,
+                ports=[tuple(p.split("/", 1)) for p in [*(ports or {}), *expose]],
+                host_config=host_config,
+                **common,
+            )
+            container = self.client.containers.get(created["Id"])
+            self.created.append(container)
+            container.start()
+        else:
+            container = self.client.containers.run(
+                image, ports=ports, network=network, detach=True, **common, **kwargs
+            )
+            self.created.append(container)
         container.reload()
         return container
 
@@ -681,6 +738,54 @@ class ContainerFactory:
                 errors.append(f"{container.name}: {exc}")
         self.created.clear()
         return errors
+
+
+@contextlib.contextmanager
+def health_probes(container: Container, interval: float = 0.5) -> Iterator[None]:
+    """Makes the engine run `container`'s HEALTHCHECK for the block.
+
+    Docker runs it by itself. Podman hands the schedule to a systemd timer, and this sandbox has
+    no systemd: its health stays "starting" unless something runs the probe, which is what
+    this does through Podman's own API (the same as `podman healthcheck run`), standing in
+    for that timer. Podman 4.3 then sends one `health_status` event per probe.
+    """
+    if os.environ.get("REGISTRATOR_TEST_ENGINE") != "podman":
+        yield
+        return
+    stop = threading.Event()
+    api = container.client.api
+    url = api.base_url + f"/v4.0.0/libpod/containers/{container.id}/healthcheck"
+
+    def probe() -> None:
+        while not stop.wait(interval):
+            with contextlib.suppress(Exception):  # the container may be going away
+                api.get(url, timeout=10)
+
+    thread = threading.Thread(target=probe, name=f"health {container.name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+
+
+def container_ip(container: Container, network: str | None = None) -> str:
+    """The container's address on `network`, or on its only network.
+
+    Per-network addresses only: the top-level NetworkSettings.IPAddress is gone from API 1.44
+    (Docker Engine 29 answers without it).
+    """
+    container.reload()
+    networks = container.attrs["NetworkSettings"]["Networks"] or {}
+    if network is None:
+        if len(networks) != 1:
+            raise AssertionError(f"{container.name}: on {sorted(networks)}, name one")
+        network = next(iter(networks))
+    address = str((networks.get(network) or {}).get("IPAddress") or "")
+    if not address:
+        raise AssertionError(f"{container.name}: no address on {network!r}: {sorted(networks)}")
+    return address
 
 
 def host_port(container: Container, container_port: str) -> int:

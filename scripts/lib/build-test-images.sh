@@ -20,7 +20,9 @@ CHANGES=('CMD ["sh"]')
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 stamp_dir="${XDG_CACHE_HOME:-$HOME/.cache}/registrator-tests/images"
-stamp_file="$stamp_dir/$(tr '/:' '__' <<<"$IMAGE").stamp"
+# One stamp per engine: each lane (DOCKER_HOST) has its own image store.
+engine_key="$(tr -c 'a-zA-Z0-9\n' _ <<<"${DOCKER_HOST:-unix:///var/run/docker.sock}")"
+stamp_file="$stamp_dir/$(tr '/:' '__' <<<"$IMAGE")${DOCKER_HOST:+.$engine_key}.stamp"
 mkdir -p "$stamp_dir"
 
 # Two test runs on one machine share the daemon; serialise so they never import twice at once.

@@ -8,6 +8,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,29 @@ from typing import Any
 # OVERLAY_POOL.
 SWARM_ADDR_POOL = "198.18.128.0/17"
 OVERLAY_POOL = ipaddress.IPv4Network("198.18.192.0/18")
+
+# The docker29 lane's engine runs beside the machine's 20.10, which may be a swarm manager at
+# the same time (another test run): its swarm takes other ports for the manager API and the
+# VXLAN data path, so neither listener nor VXLAN device collides.
+_LANE_SWARM_PORTS = (
+    ["--listen-addr", "127.0.0.1:2378", "--data-path-port", "4790"]
+    if os.environ.get("REGISTRATOR_TEST_ENGINE") == "docker29"
+    else []
+)
+
+
+def _gossip_port_free() -> None:
+    """Engine 29's swarm gossip (memberlist) always binds 7946 on the advertise address; while
+    another engine's swarm holds it, overlay names and VIPs silently stop working. Say so."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", 7946))
+        except OSError as err:
+            raise AssertionError(
+                "127.0.0.1:7946 is taken (another engine's swarm, e.g. the 20.10 daemon's): the"
+                f" docker29 lane's swarm cannot gossip, and its port is fixed ({err})"
+            ) from None
+
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "registrator-tests"
 
@@ -76,10 +100,12 @@ def swarm_manager() -> Iterator[None]:
     still runs services on it."""
     state = run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"]).strip()
     created = False
+    if state == "inactive" and _LANE_SWARM_PORTS:
+        _gossip_port_free()
     if state == "inactive":
         run(
             ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1",
-             "--default-addr-pool", SWARM_ADDR_POOL]
+             "--default-addr-pool", SWARM_ADDR_POOL, *_LANE_SWARM_PORTS]
         )  # fmt: skip
         created = True
     elif state != "active":

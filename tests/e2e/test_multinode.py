@@ -49,7 +49,14 @@ from registrator.model import META_CONTAINER, META_NODE
 from tests.e2e.support import CACHE, exclusive, run, run_quietly
 from tests.helpers import LABEL, OWNER_LABEL, TEST_LABEL, wait_until
 
-pytestmark = pytest.mark.docker
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.engines(
+        "docker20",
+        reason="its inner nodes are Debian's 20.10 in Docker-in-Docker; running the outer engine"
+        " as 29 or Podman would test the same inner engines again",
+    ),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -706,3 +713,185 @@ def test_swarm_vip_on_three_managers_only_the_leaders_agent_writes(cluster: Clus
         message="the VIP agents' entries remain after their service was removed",
         ignore=(OSError, ValueError),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# A lost node (issue 14): heartbeat, alias checks, the leader's Swarm-aware reaping. Last in
+# the file: the final test kills node3 for good.
+
+NODE_TTL = 8  # set by the restart test's `service update`, so the loss test is quick
+SWARM_REAP_AFTER = 10
+APP_SERVICES = ("web-service", "api-service")
+
+
+class CriticalWatch:
+    """Polls Consul's critical checks in a thread and keeps those of the watched services."""
+
+    def __init__(self, cluster: Cluster, names: Sequence[str]) -> None:
+        self.cluster, self.names = cluster, set(names)
+        self.seen: list[tuple[str, str, str]] = []  # (service id, check id, output)
+        self._stop = False
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._future = self._pool.submit(self._run)
+
+    def _run(self) -> int:
+        polls = 0
+        while not self._stop:
+            with contextlib.suppress(OSError, ValueError):
+                for check in self.cluster.consul("/v1/health/state/critical"):
+                    if check.get("ServiceName") in self.names:
+                        self.seen.append(
+                            (check["ServiceID"], check["CheckID"], check["Output"][:200])
+                        )
+                polls += 1
+            time.sleep(0.25)
+        return polls
+
+    def stop(self) -> int:
+        self._stop = True
+        polls: int = self._future.result(timeout=30)
+        self._pool.shutdown()
+        return polls
+
+
+def heartbeat_outputs(cluster: Cluster) -> dict[str, str]:
+    """Each node's heartbeat check output, by node."""
+    checks: dict[str, dict[str, Any]] = cluster.consul("/v1/agent/checks")
+    return {
+        check["ServiceID"].split(":", 1)[1]: check["Output"]
+        for check in checks.values()
+        if check["ServiceID"].startswith("registrator:") and check["ServiceName"] == "registrator"
+    }
+
+
+def test_restarting_registrator_tasks_turns_nothing_critical(cluster: Cluster) -> None:
+    """A crashed agent restarted by Swarm, and two rolling updates of the global service
+    (`--force`, then new settings): the agents resume their nodes' heartbeats, and no
+    application service nor heartbeat is ever critical."""
+    node3 = cluster.nodes[2]
+    # Back to 6 from the scaling test: after node3 is lost, its two fit on node1 and node2.
+    cluster.docker(0, "service", "scale", "--detach", f"{cluster.web}={WEB_REPLICAS}")
+    wait_registered(cluster, "web-service", cluster.web, WEB_REPLICAS, 80)
+    wait_until(lambda: len(heartbeat_outputs(cluster)) == 3, timeout=CONVERGE,
+               message="not every node has a heartbeat")  # fmt: skip
+    watch = CriticalWatch(cluster, [*APP_SERVICES, "registrator"])
+    try:
+        # Swarm restart: the agent on node3 dies without a goodbye; restart_policy brings it
+        # back after 2 s, and it beats the same check again.
+        (old,) = cluster.running_containers(node3, cluster.registrator)
+        phase = time.monotonic()
+        cluster.docker(node3, "kill", old)
+
+        def restarted() -> bool:
+            running = cluster.running_containers(node3, cluster.registrator)
+            return bool(running - {old}) and f"host {old[:12]}" not in heartbeat_outputs(
+                cluster
+            ).get(node3, f"host {old[:12]}")
+
+        wait_until(restarted, timeout=CONVERGE, interval=0.5,
+                   message="node3's agent was not restarted, or does not beat")  # fmt: skip
+        cluster.timings["agent SIGKILLed, restarted and beating"] = time.monotonic() - phase
+
+        for args in (
+            ["--force"],
+            ["--env-add", f"REGISTRATOR_NODE_TTL={NODE_TTL}",
+             "--env-add", f"REGISTRATOR_SWARM_REAP_AFTER={SWARM_REAP_AFTER}"],
+        ):  # fmt: skip
+            phase = time.monotonic()
+            cluster.docker(0, "service", "update", "--quiet", *args, cluster.registrator,
+                           timeout=600)  # fmt: skip
+            cluster.timings[f"service update {args[0]}"] = time.monotonic() - phase
+        # Every node's heartbeat is now beaten by an agent with the new TTL.
+        wait_until(
+            lambda: all(
+                f"critical if none for {NODE_TTL} s" in output
+                for output in heartbeat_outputs(cluster).values()
+            ),
+            timeout=CONVERGE,
+            message="not every heartbeat was resumed by an updated agent",
+        )
+        time.sleep(NODE_TTL)  # past the point where a heartbeat left behind would expire
+    finally:
+        polls = watch.stop()
+    assert polls > 10, polls
+    assert watch.seen == [], watch.seen[:20]
+    wait_registered(cluster, "web-service", cluster.web, WEB_REPLICAS, 80)
+
+
+def dig(name: str) -> list[str]:
+    result = subprocess.run(
+        ["dig", f"@{NODE_IPS[0]}", "-p", "8600", "+short", "+time=2", "+tries=1", name],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    return sorted(result.stdout.split())
+
+
+def test_a_lost_nodes_services_turn_critical_then_are_reaped(cluster: Cluster) -> None:
+    """node3's engine is killed (its container, SIGKILL): its agent dies with it, without
+    deregistering. Its services turn critical within the TTL and leave DNS; the leader's agent
+    on node1 removes them once Swarm has said `down` for -swarm-reap-after; node1's and
+    node2's entries never change."""
+    node1, node2, node3 = cluster.nodes
+    wait_registered(cluster, "web-service", cluster.web, WEB_REPLICAS, 80)
+    wait_registered(cluster, "api-service", cluster.api, API_REPLICAS, 5678)
+    entries = cluster.entries(*APP_SERVICES)
+    lost = {sid for sid, e in entries.items() if e["Meta"][META_NODE] == node3}
+    kept = {sid: e for sid, e in entries.items() if e["Meta"][META_NODE] != node3}
+    assert lost and kept
+    lost_addresses = {entries[sid]["Address"] for sid in lost if sid.endswith(":80")}
+    assert lost_addresses <= set(dig("web-service.service.consul"))
+    inner = subprocess.run(
+        ["docker", "-H", f"unix://{cluster.socks[2]}", "ps", "-aq", "--no-trunc"],
+        capture_output=True, text=True, timeout=30, check=False,
+    ).stdout.split()  # fmt: skip
+
+    run(["docker", "kill", f"{cluster.prefix}-n3"])
+    killed = time.monotonic()
+    remove_cgroups_of(inner)  # empty now: the inner processes died with their PID namespace
+    watch = CriticalWatch(cluster, APP_SERVICES)
+    times: dict[str, float] = {}
+    try:
+
+        def progress() -> bool:
+            states = {c["ServiceID"]: c["Status"] for c in cluster.consul("/v1/health/state/any")
+                      if c["CheckID"].endswith(":registrator-node")}  # fmt: skip
+            services = cluster.consul("/v1/agent/services")
+            if "critical" not in times and all(states.get(sid) == "critical" for sid in lost):
+                times["critical"] = time.monotonic() - killed
+                times["dns"] = -1.0
+            if times.get("dns") == -1.0 and not lost_addresses & set(
+                dig("web-service.service.consul")
+            ):
+                times["dns"] = time.monotonic() - killed
+            if "down" not in times and f"{node3} Down" in cluster.docker(
+                0, "node", "ls", "--format", "{{.Hostname}} {{.Status}}"
+            ):
+                times["down"] = time.monotonic() - killed
+            if "removed" not in times and not lost & set(services):
+                times["removed"] = time.monotonic() - killed
+                assert f"registrator:{node3}" not in services
+            # node1's and node2's entries: all there, unchanged, never critical.
+            assert {sid: services.get(sid) for sid in kept} == kept
+            return {"critical", "dns", "down", "removed"} <= times.keys() and times["dns"] > 0
+
+        wait_until(progress, timeout=180, interval=0.25, ignore=(OSError, ValueError),
+                   message="node3's services were not failed and removed in time")  # fmt: skip
+    finally:
+        watch.stop()
+    assert not [seen for seen in watch.seen if seen[0] in kept], watch.seen[:20]
+    cluster.timings.update({f"node3 killed -> {what}": t for what, t in times.items()})
+    assert times["critical"] <= NODE_TTL + 5, times
+    assert times["removed"] - times["down"] <= SWARM_REAP_AFTER + RESYNC + 3, times
+    # The leader's agent says why it removed them.
+    (leader_agent,) = cluster.running_containers(node1, cluster.registrator)
+    logs = subprocess.run(
+        ["docker", "-H", f"unix://{cluster.socks[0]}", "logs", leader_agent],
+        capture_output=True, text=True, timeout=30, check=False,
+    ).stderr  # fmt: skip
+    assert f"node {node3} is lost (Swarm node {node3} down for" in logs, logs[-2000:]
+    # Swarm reschedules node3's web tasks on node1 and node2, whose agents register them.
+    wait_registered(cluster, "web-service", cluster.web, WEB_REPLICAS, 80)
+    assert {e["Meta"][META_NODE] for e in cluster.entries(*APP_SERVICES).values()} <= {
+        node1,
+        node2,
+    }

@@ -28,9 +28,12 @@ from typing import Any
 import pytest
 
 from tests.e2e.support import CACHE, docker_json, free_overlay_subnet, run, swarm_manager
-from tests.helpers import free_ports, wait_until
+from tests.helpers import docker_socket, free_ports, wait_until
 
-pytestmark = pytest.mark.docker
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.engines("docker20", "docker29", reason="Podman has no Swarm mode"),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -191,6 +194,8 @@ def deployment(swarm: None) -> Iterator[Deployment]:
         "OVERLAY_NETWORK": network,
         "CONSUL_HTTP_PORT": str(http_port),
         "CONSUL_DNS_PORT": str(dns_port),
+        # The lane's engine (the docker29 lane runs beside /var/run/docker.sock's 20.10).
+        "DOCKER_SOCKET": str(docker_socket()),
     }
     subnet = free_overlay_subnet()
     try:

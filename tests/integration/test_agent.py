@@ -31,6 +31,8 @@ from tests.helpers import (
     ContainerFactory,
     NetworkFactory,
     async_wait_until,
+    container_ip,
+    health_probes,
     host_port,
     http_get_text,
     routed_source_address,
@@ -66,6 +68,7 @@ def expected_default_address(docker_client: docker.DockerClient, consul: ConsulA
 # -- registration basics -----------------------------------------------------------------------
 
 
+@pytest.mark.podman_core
 async def test_published_port_is_registered_with_labels_and_ownership_then_removed(
     start_agent: StartAgent,
     containers: ContainerFactory,
@@ -125,6 +128,7 @@ async def test_published_port_is_registered_with_labels_and_ownership_then_remov
     assert running.of_containers(web.id) == {}
 
 
+@pytest.mark.podman_core
 async def test_internal_registers_container_ip_and_exposed_ports(
     start_agent: StartAgent,
     containers: ContainerFactory,
@@ -137,12 +141,13 @@ async def test_internal_registers_container_ip_and_exposed_ports(
         containers,
         "app",
         labels={"SERVICE_NAME": name},
-        # 80 published, 8080 only exposed (an empty binding list exposes without publishing).
-        ports={"80/tcp": None, "8080/tcp": []},
+        # 80 published, 8080 only exposed (no binding at all: every engine leaves it unpublished).
+        ports={"80/tcp": None},
+        expose=["8080/tcp"],
         network=network,
     )
     assert not app.attrs["NetworkSettings"]["Ports"].get("8080/tcp")
-    ip = app.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+    ip = container_ip(app, network.name)
     assert ipaddress.ip_address(ip) in subnet
 
     # Started after the container: the first full reconcile must find it.
@@ -158,6 +163,39 @@ async def test_internal_registers_container_ip_and_exposed_ports(
     assert set(running.of_containers(app.id)) == {web_id, admin_id}
 
 
+@pytest.mark.podman_core
+async def test_containers_removed_before_their_inspect_are_gone_not_an_outage(
+    start_agent: StartAgent, containers: ContainerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Engines say "no such container" differently (Docker: 404; Podman: HTTP 500): either
+    way the container is gone, which is no error and no sign of Docker being down."""
+    caplog.set_level(logging.INFO, logger="registrator")
+    running = await start_agent()
+    name = unique("shortlived")
+    keeper = await run(containers, "keeper", labels={"SERVICE_NAME": name}, ports={"80/tcp": None})
+    keeper_id = running.service_id(keeper.name, 80)
+    await running.wait_registered(keeper_id)
+
+    # Started and removed at once: the agent's inspect on `start` races the removal, and
+    # ends up asking about containers that no longer exist.
+    short_ids = []
+    for index in range(6):
+        box = await run(
+            containers, f"gone{index}", labels={"SERVICE_NAME": name}, ports={"80/tcp": None}
+        )
+        await asyncio.to_thread(box.remove, force=True)
+        short_ids.append(running.service_id(box.name, 80))
+    await running.wait_deregistered(*short_ids)
+    await running.full_reconcile()
+
+    assert running.agent.docker_ok
+    assert running.of_containers(keeper.id).keys() == {keeper_id}
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors
+    assert not [r for r in caplog.records if "reachable" in r.getMessage()], caplog.text
+
+
+@pytest.mark.podman_core
 async def test_several_ports_get_suffixed_names_and_udp_ids_and_tags(
     start_agent: StartAgent, containers: ContainerFactory
 ) -> None:
@@ -554,8 +592,11 @@ async def test_bad_labels_are_logged_with_container_and_key_and_the_service_regi
 
     assert entry["Meta"]["owner"] == "team-a"
     assert "bad.key" not in entry["Meta"]
-    # The TCP check needs the malformed interval, so it is skipped rather than guessed.
-    assert [c for c in consul.checks().values() if c["ServiceID"] == service_id] == []
+    # The TCP check needs the malformed interval, so it is skipped rather than guessed (the
+    # node heartbeat's alias is not the container's check and stays).
+    assert [c["CheckID"] for c in consul.checks().values() if c["ServiceID"] == service_id] == [
+        f"service:{service_id}:registrator-node"
+    ]
     interval = warnings_about(caplog, app.name, "SERVICE_CHECK_INTERVAL", "banana")
     bad_key = warnings_about(caplog, app.name, "SERVICE_80_BAD.KEY")
     assert len(interval) == 1, caplog.text
@@ -563,6 +604,7 @@ async def test_bad_labels_are_logged_with_container_and_key_and_the_service_regi
     assert len(bad_key) == 1, caplog.text
 
 
+@pytest.mark.podman_core
 async def test_docker_healthcheck_is_mirrored_as_a_consul_check(
     start_agent: StartAgent, containers: ContainerFactory, consul: ConsulAgent
 ) -> None:
@@ -573,7 +615,8 @@ async def test_docker_healthcheck_is_mirrored_as_a_consul_check(
         labels={"SERVICE_NAME": unique("health")},
         ports={"80/tcp": None},
         healthcheck={
-            "test": ["CMD-SHELL", "test ! -e /tmp/sick"],
+            # Every probe says something new (the uptime), healthy or not.
+            "test": ["CMD-SHELL", "cat /proc/uptime; test ! -e /tmp/sick"],
             "interval": 500_000_000,
             "timeout": 2_000_000_000,
             "retries": 1,
@@ -583,22 +626,40 @@ async def test_docker_healthcheck_is_mirrored_as_a_consul_check(
     check_id = f"service:{service_id}:docker-health"
     await running.wait_registered(service_id)
 
+    def check() -> dict[str, Any]:
+        found = consul.checks().get(check_id) or {}
+        assert not found or found["ServiceID"] == service_id
+        return found
+
     def status() -> str:
-        check = consul.checks().get(check_id) or {}
-        assert not check or check["ServiceID"] == service_id
-        return str(check.get("Status", "(no check)"))
+        return str(check().get("Status", "(no check)"))
 
-    await async_wait_until(
-        lambda: status() == "passing",
-        message=f"{check_id} did not go passing; it is {status()}",
-    )
+    def probe_outputs() -> set[str]:
+        app.reload()
+        log = (app.attrs["State"].get("Health") or {}).get("Log") or []
+        return {str(entry.get("Output")) for entry in log}
 
-    result = await asyncio.to_thread(app.exec_run, ["sh", "-c", "echo > /tmp/sick"])
-    assert result.exit_code == 0, result.output
-    await async_wait_until(
-        lambda: status() == "critical",
-        message=f"{check_id} did not go critical when Docker said unhealthy; it is {status()}",
-    )
+    with health_probes(app):
+        await async_wait_until(
+            lambda: status() == "passing",
+            message=f"{check_id} did not go passing; it is {status()}",
+        )
+        # Not chatty: more probes with new output (on Podman, an event each) and a full
+        # reconcile change nothing while the health stays the same.
+        written = check()["Output"]
+        await async_wait_until(
+            lambda: len(probe_outputs() - {written}) >= 3,
+            message=f"{app.name}: fewer than 3 new probes ran",
+        )
+        await running.full_reconcile()
+        assert check()["Output"] == written
+
+        result = await asyncio.to_thread(app.exec_run, ["sh", "-c", "echo > /tmp/sick"])
+        assert result.exit_code == 0, result.output
+        await async_wait_until(
+            lambda: status() == "critical",
+            message=f"{check_id} did not go critical when Docker said unhealthy; it is {status()}",
+        )
     assert set(running.of_containers(app.id)) == {service_id}
 
 

@@ -31,6 +31,7 @@ from tests.helpers import (
     ConsulAgent,
     ContainerFactory,
     async_wait_until,
+    container_ip,
 )
 from tests.integration.conftest import RunningAgent, StartAgent
 
@@ -216,13 +217,13 @@ async def test_tcp_check_follows_listener(
     sid = running.service_id(box.name, 80)
     service = await wait_registered(consul, sid)
     await asyncio.to_thread(box.reload)
-    container_ip = box.attrs["NetworkSettings"]["IPAddress"]
-    assert (service["Address"], service["Port"]) == (container_ip, 80)
+    address = container_ip(box)
+    assert (service["Address"], service["Port"]) == (address, 80)
     tcp = check_id(sid, "tcp")
 
     passing = await wait_check(consul, tcp, "passing")
     assert passing["Type"] == "tcp"
-    assert f"TCP connect {container_ip}:80: Success" in passing["Output"]
+    assert f"TCP connect {address}:80: Success" in passing["Output"]
 
     await kill_process(box, "nc")
     await wait_check(consul, tcp, "critical")
@@ -422,7 +423,8 @@ async def test_unchanged_resyncs_neither_reregister_nor_flap(
     )
     sid = running.service_id(web.name, 80)
     await wait_registered(consul, sid)
-    ids = {check_id(sid, kind) for kind in ("http", "tcp", "script")}
+    # The node heartbeat's alias must not flap either.
+    ids = {check_id(sid, kind) for kind in ("http", "tcp", "script", "registrator-node")}
     for cid in sorted(ids):
         await wait_check(consul, cid, "passing")
 
@@ -430,7 +432,7 @@ async def test_unchanged_resyncs_neither_reregister_nor_flap(
         return {cid: c["Status"] for cid, c in checks.items() if c["ServiceID"] == sid}
 
     async def catalog_indexes() -> dict[str, int] | None:
-        """ModifyIndex of our checks in the catalog, once it shows all three passing."""
+        """ModifyIndex of our checks in the catalog, once it shows all of them passing."""
         entries = await asyncio.to_thread(consul.get, f"/v1/health/checks/{name}")
         mine = [c for c in entries if c["ServiceID"] == sid]
         if {c["CheckID"] for c in mine} != ids or any(c["Status"] != "passing" for c in mine):
@@ -438,7 +440,7 @@ async def test_unchanged_resyncs_neither_reregister_nor_flap(
         return {c["CheckID"]: c["ModifyIndex"] for c in mine}
 
     indexes = await async_wait_until(
-        catalog_indexes, timeout=10, message="the catalog never showed the three checks passing"
+        catalog_indexes, timeout=10, message="the catalog never showed every check passing"
     )
     # At least one: a resync racing the first, event-driven registration may repeat it.
     registrations = registrations_of(caplog, sid)
@@ -492,8 +494,11 @@ async def test_bad_interval_keeps_the_checks_and_adds_a_critical_one(
     assert "banana" in found[0]
 
     checks = {cid for cid, c in (await consul_checks(consul)).items() if c["ServiceID"] == sid}
-    # The HTTP check runs at the default interval; the service is critical until it is fixed.
-    assert checks == {check_id(sid, kind) for kind in ("http", "ttl", "misconfigured")}
+    # The HTTP check runs at the default interval, the service is critical until the label is
+    # fixed; the TTL check and the node heartbeat's alias are as they would be.
+    assert checks == {
+        check_id(sid, kind) for kind in ("http", "ttl", "misconfigured", "registrator-node")
+    }
 
     await wait_resyncs(running, 2)
     assert len(warnings()) == 1, "the problem must be logged once, not on every resync"

@@ -51,6 +51,11 @@ def restart_dockerd(pid: int) -> float:
     return down_at
 
 
+@pytest.mark.engines(
+    "docker20",
+    reason="restarts the 20.10 daemon scripts/test started (.cache/docker); Engine 29 restarted"
+    " under a running agent is tests/integration/test_engine29.py",
+)
 def test_agent_follows_a_dockerd_restart(
     consul: ConsulAgent,
     containers: ContainerFactory,

@@ -21,6 +21,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ from registrator.http import serve
 from registrator.settings import parse_args
 from tests.conftest import StartProcess
 from tests.helpers import ConsulAgent, ContainerFactory, free_port, wait_until
+from tests.helpers import docker_host as lane_docker_host
 from tests.helpers_cli import (
     owned_services,
     run_cli,
@@ -117,6 +119,30 @@ def test_metrics_are_prometheus_text_with_every_documented_family(
     assert samples["registrator_consul_writes_total"] >= 1
     assert samples["registrator_owned_services"] >= 1
     assert samples['registrator_reconciles_total{scope="full"}'] >= 1
+
+
+def test_health_server_answers_only_reads_of_its_two_paths(
+    consul_factory: Callable[..., ConsulAgent], start_process: StartProcess
+) -> None:
+    """aiohttp's low-level server has no router: the handler itself refuses the rest."""
+    consul = consul_factory()
+    agent = start_process(node=unique_node("ops"), consul=f"consul://{consul.http_addr}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for method, path, status in [
+        ("GET", "/health", 200),
+        ("HEAD", "/metrics", 200),
+        ("GET", "/", 404),
+        ("GET", "/health/extra", 404),
+        ("POST", "/health", 405),
+        ("DELETE", "/metrics", 405),
+    ]:
+        request = urllib.request.Request(agent.url(path), method=method)
+        try:
+            with opener.open(request, timeout=5) as response:
+                answered = response.status
+        except urllib.error.HTTPError as err:
+            answered = err.code
+        assert answered == status, (method, path, answered)
 
 
 @contextlib.contextmanager
@@ -350,7 +376,7 @@ async def test_hanging_backend_calls_time_out_and_are_logged_once(
     """The request timeouts are what bounds a hang; shortened here through the clients."""
     fake = FakeBackend("hang", short_tmp / "docker.sock" if backend == "docker" else None)
     port = free_port()
-    docker_host = fake.address if backend == "docker" else "unix:///var/run/docker.sock"
+    docker_host = fake.address if backend == "docker" else lane_docker_host()
     consul_uri = f"consul://{fake.address}" if backend == "consul" else "consul://127.0.0.1:1"
     settings = parse_args(
         ["-retry-interval", "100", "-node", "hang", "-docker-host", docker_host, consul_uri], {}

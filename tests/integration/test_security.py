@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bench.docker_proxy import ThreadedDockerProxy
-from tests.helpers import ConsulAgent, ContainerFactory, free_port, wait_until
+from tests.helpers import ConsulAgent, ContainerFactory, docker_socket, free_port, wait_until
 from tests.helpers_cli import (
     REPO,
     RegistratorProcess,
@@ -391,7 +391,7 @@ EXEC = {"POST /containers/{id}/exec", "POST /exec/{id}/start", "GET /exec/{id}/j
 def docker_proxy() -> Iterator[ThreadedDockerProxy]:
     # Unix socket paths must stay under 108 bytes; pytest's tmp_path can be longer.
     with tempfile.TemporaryDirectory(prefix="rt-", dir="/tmp") as directory:
-        proxy = ThreadedDockerProxy(Path(directory) / "docker.sock")
+        proxy = ThreadedDockerProxy(Path(directory) / "docker.sock", upstream=docker_socket())
         proxy.start()
         try:
             yield proxy

@@ -25,7 +25,10 @@ from tests.e2e.support import docker_json, free_overlay_subnet, run, swarm_manag
 from tests.helpers import ConsulAgent, async_wait_until, free_ports, routed_source_address
 from tests.integration.conftest import EVENT_TIMEOUT, StartAgent
 
-pytestmark = pytest.mark.docker
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.engines("docker20", "docker29", reason="Podman has no Swarm mode"),
+]
 
 # The test image EXPOSEs nothing: published targets and SERVICE_PORT are what name port 80.
 HTTPD = ["sh", "-c", "trap 'exit 0' TERM INT; httpd -f -p 80 -h /www & wait"]

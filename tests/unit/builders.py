@@ -88,5 +88,9 @@ def make_metadata(
 def make_context(
     node: str = NODE, default_address: str = "10.0.0.9", **options: Any
 ) -> PlanContext:
-    """A PlanContext; `options` are Settings fields (internal=True, tags="...", ...)."""
-    return PlanContext(node, default_address, Settings(**options))
+    """A PlanContext; `options` are Settings fields (internal=True, tags="...", ...).
+
+    The node heartbeat's alias check is left out unless `node_ttl` is given: it is in every
+    service, and the tables that are about something else would all have to list it.
+    """
+    return PlanContext(node, default_address, Settings(**{"node_ttl": 0, **options}))

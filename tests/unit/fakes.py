@@ -188,6 +188,7 @@ class FakeConsul:
         self.entries: dict[str, dict[str, Any]] = {}  # as GET /v1/agent/services answers
         self.check_updates: list[tuple[str, str, str]] = []
         self.maintenance: list[tuple[str, bool]] = []
+        self.in_maintenance: dict[str, str] = {}  # service id → reason
         self.registers: list[str] = []
         self.deregisters: list[str] = []
         self.gates = Gates()
@@ -213,8 +214,18 @@ class FakeConsul:
         await self._call("service")
         return copy.deepcopy(self.entries.get(service_id))
 
+    async def checks(self) -> dict[str, dict[str, Any]]:
+        """Only the maintenance checks (what the agent reads checks for)."""
+        await self._call("checks")
+        return {
+            f"_service_maintenance:{service_id}": {"ServiceID": service_id, "Notes": reason}
+            for service_id, reason in self.in_maintenance.items()
+        }
+
     async def register(self, body: Mapping[str, Any]) -> None:
         await self._call("register", write=True)
+        # As the real agent with ?replace-existing-checks: maintenance is dropped.
+        self.in_maintenance.pop(body["ID"], None)
         self.registers.append(body["ID"])
         self.entries[body["ID"]] = {
             "ID": body["ID"],
@@ -237,6 +248,10 @@ class FakeConsul:
     async def service_maintenance(self, service_id: str, enable: bool, reason: str) -> None:
         await self._call("service_maintenance", write=True)
         self.maintenance.append((service_id, enable))
+        if enable:
+            self.in_maintenance[service_id] = reason
+        else:
+            self.in_maintenance.pop(service_id, None)
 
 
 async def until(predicate: Callable[[], bool], what: str, seconds: float = 2.0) -> None:

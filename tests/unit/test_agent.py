@@ -18,7 +18,7 @@ from tests.unit.fakes import A, B, FakeConsul, FakeDocker, sid, until
 FAST = Timing(
     event_backoff=(0.01, 0.05),
     reconcile_backoff=(0.01, 0.05),
-    drain_recheck=0.05,
+    drain_scale=0.005,
     shutdown_idle=0.2,
     shutdown_deregister=0.2,
 )
@@ -34,7 +34,7 @@ async def start(
     started: list[Running] = []
 
     async def start(**options: object) -> Running:
-        settings = Settings(**{"resync": 0, "retry_interval": 1, **options})  # type: ignore[arg-type]
+        settings = Settings(**{"resync": 0, "retry_interval": 1, "node_ttl": 0, **options})  # type: ignore[arg-type]
         agent = Agent(settings, docker, consul, FAST)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
@@ -153,7 +153,7 @@ async def test_ttl_heartbeats_every_ttl_refresh(docker: FakeDocker, consul: Fake
 
     # -ttl-refresh 5 s, every wait a hundred times shorter: 50 ms between heartbeats.
     timing = replace(FAST, sleep=hundredfold)
-    agent = Agent(Settings(resync=0, ttl=10, ttl_refresh=5), docker, consul, timing)
+    agent = Agent(Settings(resync=0, ttl=10, ttl_refresh=5, node_ttl=0), docker, consul, timing)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     heartbeat = f"service:{sid('web')}:registrator-ttl"

@@ -10,7 +10,8 @@ from registrator.agent import StartupError, plan_context, swarm_notes
 from registrator.events import (
     event_container_id,
     event_service_id,
-    is_stop_signal,
+    kill_signal,
+    signal_number,
     since_from_time_nano,
 )
 from registrator.settings import parse_args
@@ -40,6 +41,10 @@ def container_event(action: str, **attributes: str) -> dict[str, Any]:
         pytest.param(container_event("unpause"), CID, id="unpause"),
         pytest.param(container_event("rename"), CID, id="rename changes the service id"),
         pytest.param(container_event("health_status: healthy"), CID, id="health with value"),
+        # Podman 4.3: one bare `health_status` per probe, and `remove` where Docker says destroy.
+        pytest.param(container_event("health_status"), CID, id="podman health, no value"),
+        pytest.param(container_event("remove"), CID, id="podman remove"),
+        pytest.param(container_event("exec_died"), None, id="podman exec_died is noise"),
         pytest.param(container_event("exec_start: sh -c true"), None, id="exec is noise"),
         pytest.param(container_event("exec_die"), None, id="exec_die is noise"),
         pytest.param(container_event("attach"), None, id="attach is noise"),
@@ -74,16 +79,28 @@ def test_event_container_id(event: dict[str, Any], expected: str | None) -> None
 @pytest.mark.parametrize(
     ("event", "expected"),
     [
-        pytest.param(container_event("kill", signal="15"), True, id="SIGTERM by number"),
-        pytest.param(container_event("kill", signal="9"), True, id="SIGKILL"),
-        pytest.param(container_event("kill", signal="SIGTERM"), True, id="SIGTERM by name"),
-        pytest.param(container_event("kill", signal="1"), False, id="SIGHUP reloads, no drain"),
-        pytest.param(container_event("kill"), False, id="no signal attribute"),
-        pytest.param(container_event("die"), False, id="die is too late to drain"),
+        pytest.param(container_event("kill", signal="15"), "15", id="by number (dockerd 20.10)"),
+        pytest.param(container_event("kill", signal="SIGHUP"), "SIGHUP", id="by name"),
+        pytest.param(container_event("kill"), None, id="no signal attribute"),
+        pytest.param(container_event("die"), None, id="not a kill"),
     ],
 )
-def test_is_stop_signal(event: dict[str, Any], expected: bool) -> None:
-    assert is_stop_signal(event) is expected
+def test_kill_signal(event: dict[str, Any], expected: str | None) -> None:
+    assert kill_signal(event) == expected
+
+
+@pytest.mark.parametrize(
+    ("signal", "number"),
+    [
+        pytest.param("15", 15, id="number"),
+        pytest.param("SIGTERM", 15, id="SIG name"),
+        pytest.param("term", 15, id="bare name, any case"),
+        pytest.param("SIGQUIT", 3, id="SIGQUIT"),
+        pytest.param("SIGRTMIN+3", "SIGRTMIN+3", id="unknown: as given"),
+    ],
+)
+def test_signal_number(signal: str, number: int | str) -> None:
+    assert signal_number(signal) == number
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,8 @@ def build(
     initial: str = "critical",
     ttl: int = 0,
     target: Target = TARGET,
+    node_heartbeat: str = "",
+    node_reap_after: int = 0,
 ) -> ChecksResult:
     container = make_container(labels=labels, env=env or {}, health=health)
     return build_checks(
@@ -39,7 +41,13 @@ def build(
         SERVICE_ID,
         target,
         container,
-        Settings(docker_health=docker_health, docker_health_initial=initial, ttl=ttl),
+        Settings(
+            docker_health=docker_health,
+            docker_health_initial=initial,
+            ttl=ttl,
+            node_reap_after=node_reap_after,
+        ),
+        node_heartbeat=node_heartbeat,
     )
 
 
@@ -274,7 +282,7 @@ def test_ttl_check(labels: dict[str, str], expected: dict[str, object]) -> None:
     ("interval", "ttl"),
     [
         pytest.param("", "30s", id="default interval: 30s floor"),
-        pytest.param("250ms", "30s", id="short interval: 30s floor"),
+        pytest.param("2s", "30s", id="short interval: 30s floor"),
         pytest.param("1m", "180s", id="three intervals"),
         pytest.param("1.5h", "16200s", id="fractional hours"),
         pytest.param("100h", "1080000s", id="long interval in fixed point"),
@@ -343,6 +351,39 @@ def test_ttl_heartbeat(ttl: int, expected: dict[str, dict[str, object]]) -> None
     assert by_kind(build({}, ttl=ttl)) == expected
 
 
+@pytest.mark.parametrize(
+    ("heartbeat", "reap_after", "expected"),
+    [
+        pytest.param("", 0, None, id="off"),
+        pytest.param(
+            "registrator:node1",
+            0,
+            {"AliasService": "registrator:node1"},
+            id="alias, never reaped by Consul",
+        ),
+        pytest.param(
+            "registrator:node1",
+            300,
+            {"AliasService": "registrator:node1", "DeregisterCriticalServiceAfter": "300s"},
+            id="alias, reaped after 5 min critical",
+        ),
+    ],
+)
+def test_node_heartbeat_alias(
+    heartbeat: str, reap_after: int, expected: dict[str, object] | None
+) -> None:
+    labels = {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_DEREGISTER_AFTER": "10m"}
+    checks = by_kind(build(labels, node_heartbeat=heartbeat, node_reap_after=reap_after))
+    alias = checks.get("registrator-node")
+    if expected is None:
+        assert alias is None
+    else:
+        assert alias is not None and "Notes" in alias
+        assert {k: v for k, v in alias.items() if k != "Notes"} == expected
+    # The service's own checks are unchanged by the alias (their own reap time included).
+    assert checks["http"]["DeregisterCriticalServiceAfter"] == "10m"
+
+
 def test_several_checks_at_once_in_a_stable_order() -> None:
     labels = {
         "SERVICE_CHECK_HTTP": "/h",
@@ -352,7 +393,7 @@ def test_several_checks_at_once_in_a_stable_order() -> None:
         "SERVICE_CHECK_TTL": "1m",
         "SERVICE_CHECK_SCRIPT": "true",
     }
-    first = build(labels, health="healthy", ttl=20)
+    first = build(labels, health="healthy", ttl=20, node_heartbeat="registrator:node1")
     assert [c.check_id for c in first.checks] == [
         f"service:{SERVICE_ID}:{kind}"
         for kind in (
@@ -364,10 +405,11 @@ def test_several_checks_at_once_in_a_stable_order() -> None:
             "script",
             "docker-health",
             "registrator-ttl",
+            "registrator-node",
         )
     ]
     # Same input, same ids: a resync must not reset the statuses Consul keeps per check id.
-    assert build(labels, health="healthy", ttl=20) == first
+    assert build(labels, health="healthy", ttl=20, node_heartbeat="registrator:node1") == first
 
 
 def test_check_id() -> None:
@@ -661,6 +703,29 @@ def test_off_words_mean_no_check(key: str, word: str) -> None:
 )
 def test_is_duration(text: str, valid: bool) -> None:
     assert is_duration(text) is valid
+
+
+@pytest.mark.parametrize(
+    ("interval", "seconds", "clamped"),
+    [
+        pytest.param("1ms", 1.0, True, id="1ms (the issue's flood) clamped to 1s"),
+        pytest.param("999ms", 1.0, True, id="just under the floor"),
+        pytest.param("1s", 1.0, False, id="the floor itself"),
+        pytest.param("1500ms", 1.5, False, id="above the floor"),
+    ],
+)
+def test_script_interval_floor(interval: str, seconds: float, clamped: bool) -> None:
+    result = build({"SERVICE_CHECK_SCRIPT": "true", "SERVICE_CHECK_INTERVAL": interval})
+    assert result.script_interval == seconds
+    assert list(by_kind(result)) == ["script"]
+    if clamped:
+        (problem,) = result.problems
+        assert str(problem) == (
+            f"container web-1: label SERVICE_CHECK_INTERVAL: {interval!r} is shorter than 1s, "
+            "the shortest interval a script check runs at; using 1s"
+        )
+    else:
+        assert result.problems == ()
 
 
 # --- script checks: gliderlabs' placeholders, and how the script is run -------------------------

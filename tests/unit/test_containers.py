@@ -444,3 +444,20 @@ def test_any_value_anywhere_does_not_crash(
     for path, value in replacements:
         _replace_at(document, path, value)
     assert parse_container(document).id == _BASE["Id"]
+
+
+def test_engine29_api_1_55_document() -> None:
+    """Captured from Docker Engine 29.7.2 at API 1.55, the newest the agent speaks: no top-level
+    address fields any more, and a published port bound on both 0.0.0.0 and ::."""
+    document = inspect_document("engine29-bridge-published")
+    assert set(document["NetworkSettings"]) == {"Networks", "Ports", "SandboxID", "SandboxKey"}
+    container = parse_container(document)
+    assert [(n.name, n.ip) for n in container.networks] == [("fixture-capture-e29", "198.18.52.2")]
+    assert container.ports == (
+        ContainerPort(
+            port=80,
+            protocol="tcp",
+            bindings=(PortBinding("0.0.0.0", 8080), PortBinding("::", 8080)),
+        ),
+    )
+    assert container.running

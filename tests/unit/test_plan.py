@@ -3,28 +3,46 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pytest
 
 from registrator.connect import sidecar_id
-from registrator.model import CheckKind, CheckUpdate, Container, HeldService, Service
+from registrator.model import (
+    CheckKind,
+    CheckUpdate,
+    Container,
+    ContainerPort,
+    HeldService,
+    NetworkAttachment,
+    Service,
+)
 from registrator.payload import held_from_service
 from registrator.plan import (
+    DRAIN_REASON,
     Holdings,
     Maintenance,
+    drain_window,
+    drains_on,
     heartbeat_updates,
+    keep_maintenance,
+    lacks_kill_wrapper,
+    maintenance_reasons,
     mirror_health,
     orphans_sidecar,
     plan_container,
     plan_drain,
     plan_shutdown,
+    plan_stale_drains,
     plan_undrain,
+    probe_command,
+    probe_update,
     script_check,
     script_update,
 )
-from registrator.planner import desired_services
+from registrator.planner import ContainerPlan, desired_services
 from registrator.settings import DeregisterMode
-from tests.unit.builders import CONTAINER_ID, make_container, make_context
+from tests.unit.builders import CONTAINER_ID, make_container, make_context, published
 
 OTHER_ID = "f" * 64
 
@@ -211,6 +229,67 @@ def test_script_result(exit_code: int | None, status: str) -> None:
     assert update.refresh_after == pytest.approx(10.0)  # a third of the 30 s minimum TTL
 
 
+@pytest.mark.parametrize(
+    ("timeout", "killable", "argv"),
+    [
+        pytest.param(1.0, True, ["timeout", "-s", "KILL", "1", "sleep", "29"], id="1s"),
+        pytest.param(1.5, True, ["timeout", "-s", "KILL", "2", "sleep", "29"], id="rounded up"),
+        pytest.param(0.2, True, ["timeout", "-s", "KILL", "1", "sleep", "29"], id="at least 1"),
+        pytest.param(1.0, False, ["sleep", "29"], id="no timeout in the container"),
+    ],
+)
+def test_probe_command(timeout: float, killable: bool, argv: list[str]) -> None:
+    assert probe_command(["sleep", "29"], timeout, killable) == argv
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "output", "lacks"),
+    [
+        pytest.param(
+            126,
+            "OCI runtime exec failed: exec failed: unable to start container process: exec: "
+            '"timeout": executable file not found in $PATH: unknown',
+            True,
+            id="dockerd 20.10 answer",
+        ),
+        pytest.param(127, 'sh: "timeout": not found', True, id="from a shell"),
+        pytest.param(
+            126, 'exec: "curl": executable file not found in $PATH', False, id="the probe's own"
+        ),
+        pytest.param(0, '"timeout" not found', False, id="exit 0 is the probe's output"),
+    ],
+)
+def test_lacks_kill_wrapper(exit_code: int, output: str, lacks: bool) -> None:
+    assert lacks_kill_wrapper(exit_code, output) is lacks
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "killable", "timed_out", "status", "output"),
+    [
+        pytest.param(137, True, False, "critical", "timed out after 1 s; killed", id="killed"),
+        pytest.param(0, True, False, "passing", "out", id="in time"),
+        pytest.param(137, False, False, "critical", "out", id="137 unwrapped: the probe's own"),
+        pytest.param(
+            0,
+            False,
+            True,
+            "critical",
+            "timed out after 1 s; not killed: the container has no `timeout` command, so the "
+            "next probe waited for this one to end",
+            id="not killable, overran",
+        ),
+    ],
+)
+def test_probe_update(
+    exit_code: int, killable: bool, timed_out: bool, status: str, output: str
+) -> None:
+    (service,) = services_of(make_container(labels={"SERVICE_CHECK_SCRIPT": "sleep 29"}))
+    check = script_check(service)
+    assert check is not None
+    update = probe_update(check, exit_code, "out", 1.0, killable, timed_out)
+    assert (update.status, update.output) == (status, output)
+
+
 def test_no_script_no_script_check() -> None:
     (service,) = services_of(make_container())
     assert script_check(service) is None
@@ -245,6 +324,43 @@ def test_drain_puts_every_held_service_in_maintenance() -> None:
 )
 def test_undrain(container: Container | None, expected: Maintenance | None) -> None:
     assert plan_undrain(container, ["b", "a"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("signal", "stop_signal", "running", "drains"),
+    [
+        pytest.param("15", "", True, True, id="SIGTERM, the default stop signal"),
+        pytest.param("15", "SIGTERM", True, True, id="SIGTERM named"),
+        pytest.param("1", "", True, False, id="SIGHUP reload: no maintenance"),
+        pytest.param("3", "", True, False, id="SIGQUIT thread dump: no maintenance"),
+        pytest.param("9", "", True, False, id="SIGKILL: die follows at once"),
+        pytest.param("3", "SIGQUIT", True, True, id="SIGQUIT is this container's stop signal"),
+        pytest.param("15", "SIGQUIT", True, False, id="SIGTERM is not its stop signal"),
+        pytest.param("2", "INT", True, True, id="bare name"),
+        pytest.param("15", "", False, False, id="already stopped"),
+    ],
+)
+def test_drains_on(signal: str, stop_signal: str, running: bool, drains: bool) -> None:
+    container = make_container(stop_signal=stop_signal, running=running)
+    assert drains_on(signal, container) is drains
+
+
+def test_drains_on_nothing_without_signal_or_container() -> None:
+    assert not drains_on(None, make_container())
+    assert not drains_on("15", None)
+
+
+@pytest.mark.parametrize(
+    ("stop_timeout", "window"),
+    [
+        pytest.param(None, 15.0, id="unset: docker stop's 10 s + grace"),
+        pytest.param(45, 50.0, id="--stop-timeout 45"),
+        pytest.param(0, 5.0, id="--stop-timeout 0"),
+        pytest.param(-1, 15.0, id="negative: the default"),
+    ],
+)
+def test_drain_window(stop_timeout: int | None, window: float) -> None:
+    assert drain_window(make_container(stop_timeout=stop_timeout)) == window
 
 
 def test_shutdown_deregisters_everything_per_container() -> None:
@@ -407,3 +523,136 @@ def test_misconfigured_check_is_reported_critical_with_its_notes() -> None:
         CheckUpdate(check.check_id, "critical", str(check.fields["Notes"]), 24 * 3600 / 3),
     )
     assert str(check.fields["Notes"]).startswith("label SERVICE_CHECK_TIMEOUT: 'soon' is not")
+
+
+CHECKS = {
+    "_service_maintenance:web": {"ServiceID": "web", "Notes": DRAIN_REASON},
+    "_service_maintenance:api": {"ServiceID": "api", "Notes": "operator: disk swap"},
+    "service:web:http": {"ServiceID": "web", "Notes": ""},
+}
+
+
+def test_maintenance_reasons() -> None:
+    assert maintenance_reasons(CHECKS) == {"web": DRAIN_REASON, "api": "operator: disk swap"}
+
+
+@pytest.mark.parametrize(
+    ("registered", "expected"),
+    [
+        pytest.param(["web"], (Maintenance(("web",), True, DRAIN_REASON),), id="ours"),
+        pytest.param(
+            ["api"], (Maintenance(("api",), True, "operator: disk swap"),), id="an operator's"
+        ),
+        pytest.param(["db"], (), id="not in maintenance"),
+    ],
+)
+def test_keep_maintenance(registered: list[str], expected: tuple[Maintenance, ...]) -> None:
+    assert keep_maintenance(registered, maintenance_reasons(CHECKS)) == expected
+
+
+@pytest.mark.parametrize(
+    ("running", "expected"),
+    [
+        pytest.param({"a", "b"}, Maintenance(("web",), False), id="ours lifted, operator's kept"),
+        pytest.param({"b"}, None, id="its container does not run: it is being removed"),
+    ],
+)
+def test_plan_stale_drains(running: set[str], expected: Maintenance | None) -> None:
+    held = {
+        "a": {"web": held_from_service(services_of(make_container())[0])},
+        "b": {"api": held_from_service(services_of(make_container())[0])},
+    }
+    assert plan_stale_drains(maintenance_reasons(CHECKS), held, running) == expected
+
+
+# --- sidecars sharing a network stack (--network container:X) ----------------------------------
+
+OWNER = make_container(
+    id=OTHER_ID,
+    name="app",
+    ports=(published(80, 8080), published(9100, 39100)),
+    networks=(NetworkAttachment("bridge", "198.18.0.9", "n" * 64),),
+    started_at="2026-11-30T03:00:00.5Z",
+)
+
+
+def sidecar(owner: Container | None, **overrides: object) -> Container:
+    fields: dict[str, object] = {
+        "name": "metrics",
+        "labels": {"SERVICE_NAME": "metrics", "SERVICE_PORT": "9100"},
+        "ports": (),
+        "networks": (),
+        "network_mode": f"container:{OTHER_ID}",
+        "started_at": "2026-11-30T03:00:01Z",
+        "network_owner": owner,
+    }
+    fields.update(overrides)
+    return make_container(**fields)
+
+
+@pytest.mark.parametrize(
+    ("container", "options", "where"),
+    [
+        pytest.param(sidecar(OWNER), {"internal": True}, ("198.18.0.9", 9100), id="-internal"),
+        pytest.param(sidecar(OWNER), {}, ("10.0.0.9", 39100), id="the owner publishes 9100"),
+        pytest.param(
+            sidecar(replace(OWNER, ports=(published(80, 8080),))),
+            {},
+            ("198.18.0.9", 9100),
+            id="not published: its address, like any SERVICE_PORT without ports",
+        ),
+        pytest.param(
+            sidecar(replace(OWNER, network_mode="host", networks=())),
+            {},
+            ("10.0.0.9", 9100),
+            id="owner on the host network",
+        ),
+        pytest.param(
+            sidecar(OWNER, labels={"SERVICE_NAME": "metrics"}, ports=(ContainerPort(9100, "tcp"),)),
+            {},
+            ("10.0.0.9", 39100),
+            id="EXPOSEd by its image",
+        ),
+        pytest.param(
+            sidecar(replace(OWNER, started_at="2026-11-30T03:00:00.9Z")),
+            {"internal": True},
+            ("198.18.0.9", 9100),
+            id="fractions compare as numbers (.9 before 1)",
+        ),
+    ],
+)
+def test_sidecar_sharing_a_stack_is_reached_where_its_owner_is(
+    container: Container, options: dict[str, object], where: tuple[str, int]
+) -> None:
+    result = desired_services(container, make_context(**options))
+    assert result.problems == ()
+    ((name, address, port),) = [(s.name, s.address, s.port) for s in result.services]
+    assert (name, (address, port)) == ("metrics", where)
+    assert result.services[0].id == f"{make_context().node}:metrics:9100"
+
+
+@pytest.mark.parametrize(
+    ("container", "reason"),
+    [
+        pytest.param(sidecar(None), "which does not run", id="owner gone"),
+        pytest.param(
+            sidecar(replace(OWNER, running=False)), "which does not run", id="owner stopped"
+        ),
+        pytest.param(
+            sidecar(replace(OWNER, started_at="2026-11-30T03:05:00Z")),
+            "which restarted after it",
+            id="owner restarted after it: left in the old stack",
+        ),
+    ],
+)
+def test_sidecar_not_registered_without_its_owners_stack(container: Container, reason: str) -> None:
+    result = desired_services(container, make_context(internal=True))
+    assert result.services == ()
+    (problem,) = result.problems
+    assert problem.key == f"--network container:{OTHER_ID[:12]}"
+    assert reason in problem.reason
+
+
+def test_helper_sharing_a_stack_with_nothing_to_register_is_not_warned_about() -> None:
+    helper = sidecar(None, labels={})
+    assert desired_services(helper, make_context()) == ContainerPlan(())

@@ -699,3 +699,33 @@ def test_plan_context_defaults_are_gliderlabs_defaults() -> None:
     options = PlanContext(node="n").settings
     assert (options.internal, options.explicit, options.ttl) == (False, False, 0)
     assert options.docker_health and options.docker_health_initial == "critical"
+
+
+# --- node heartbeat --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("node_ttl", "reap_after", "alias"),
+    [
+        pytest.param(0, 0, None, id="-node-ttl 0: no alias"),
+        pytest.param(30, 0, {"AliasService": f"registrator:{NODE}"}, id="alias, no reaping"),
+        pytest.param(
+            30,
+            300,
+            {"AliasService": f"registrator:{NODE}", "DeregisterCriticalServiceAfter": "300s"},
+            id="alias reaped by Consul",
+        ),
+    ],
+)
+def test_every_service_aliases_its_nodes_heartbeat(
+    node_ttl: int, reap_after: int, alias: dict[str, object] | None
+) -> None:
+    _, result = plan("multi-port", node_ttl=node_ttl, node_reap_after=reap_after)
+    assert len(result.services) > 1
+    for service in result.services:
+        found = [
+            {k: v for k, v in check.fields.items() if k != "Notes"}
+            for check in service.checks
+            if check.check_id == f"service:{service.id}:registrator-node"
+        ]
+        assert found == ([alias] if alias else [])

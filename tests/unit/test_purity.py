@@ -17,7 +17,7 @@ import pytest
 import registrator
 
 PACKAGE = Path(registrator.__file__).resolve().parent
-# connect.py, swarm.py and vocabulary.py are here because planner.py imports them.
+# connect.py, swarm.py, vocabulary.py and reaping.py are here because planner.py imports them.
 PURE = (
     "model",
     "labels",
@@ -33,6 +33,7 @@ PURE = (
     "vocabulary",
     "addresses",
     "ids",
+    "reaping",
 )
 IO_MODULES = frozenset(
     {"aiohttp", "asyncio", "docker", "socket", "subprocess", "tenacity", "prometheus_client"}

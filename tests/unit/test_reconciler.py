@@ -207,12 +207,13 @@ async def test_drain_and_undrain(docker: FakeDocker, consul: FakeConsul) -> None
     docker.run(A, "web")
     r = reconciler(docker, consul)
     await r.reconcile_container(A)
-    await r.drain(A)
+    assert await r.drain(A, "1") is None  # SIGHUP: a reload, not a stop
+    assert await r.drain(A, "15") == 15.0  # its stop signal: docker stop's 10 s + grace
     await r.undrain_if_running(A)  # survived its stop signal
     docker.exit(A, 143)
-    await r.drain(A)
-    await r.undrain_if_running(A)  # stopped: stays in maintenance until deregistered
-    assert consul.maintenance == [(sid("web"), True), (sid("web"), False), (sid("web"), True)]
+    assert await r.drain(A, "15") is None  # already stopped: deregistered, nothing to drain
+    await r.undrain_if_running(A)  # stopped: left alone until deregistered
+    assert consul.maintenance == [(sid("web"), True), (sid("web"), False)]
 
 
 async def test_kept_container_is_never_passing(docker: FakeDocker, consul: FakeConsul) -> None:
@@ -308,4 +309,61 @@ async def test_unchanged_resync_writes_nothing(docker: FakeDocker, consul: FakeC
     for _ in range(3):
         assert await r.full_reconcile()
     assert consul.writes == writes
-    assert docker.calls["inspect"] == inspects, "unchanged containers are not inspected again"
+    # B has a HEALTHCHECK: its health is not in the list and not every engine sends health
+    # events, so it is looked at at every resync; A, without one, is not inspected again.
+    assert docker.calls["inspect"] == inspects + 3, "only the HEALTHCHECK container again"
+
+
+async def test_reregistration_keeps_maintenance_ours_and_operators(
+    docker: FakeDocker, consul: FakeConsul
+) -> None:
+    docker.run(A, "web")
+    docker.run(B, "api")
+    r = reconciler(docker, consul)
+    await r.reconcile_container(A)
+    await r.reconcile_container(B)
+    await r.drain(A, "15")
+    await consul.service_maintenance(sid("api"), True, "operator: disk swap")
+    # New labels: both are re-registered with ?replace-existing-checks, which drops them.
+    docker.run(A, "web", labels={"SERVICE_TAGS": "v2"})
+    docker.run(B, "api", labels={"SERVICE_TAGS": "v2"})
+    await r.reconcile_container(A)
+    await r.reconcile_container(B)
+    assert consul.registers.count(sid("web")) == 2
+    assert consul.in_maintenance == {
+        sid("web"): "registrator: container is stopping",
+        sid("api"): "operator: disk swap",
+    }
+
+
+async def test_first_full_reconcile_lifts_only_the_drains_a_previous_run_left(
+    docker: FakeDocker, consul: FakeConsul
+) -> None:
+    docker.run(A, "web")
+    docker.run(B, "api")
+    previous = reconciler(docker, consul)
+    await previous.full_reconcile()
+    await previous.drain(A, "15")  # ... and the agent restarts before lifting it
+    await consul.service_maintenance(sid("api"), True, "operator: disk swap")
+    await reconciler(docker, consul).full_reconcile()
+    assert consul.in_maintenance == {sid("api"): "operator: disk swap"}
+
+
+async def test_owner_events_replan_the_containers_sharing_its_stack(
+    docker: FakeDocker, consul: FakeConsul
+) -> None:
+    docker.run(A, "app")
+    docker.run(B, "metrics", labels={"SERVICE_PORT": "80"})
+    side = docker.documents[B]
+    side["HostConfig"]["NetworkMode"] = f"container:{A}"
+    side["NetworkSettings"].update(Ports={}, Networks={})
+    side["Config"]["ExposedPorts"] = {}
+    side["State"]["StartedAt"] = "2026-11-28T03:59:00Z"  # after the owner
+    r = reconciler(docker, consul)
+    await r.full_reconcile()
+    # Reached where its owner publishes 80: the same host port (only the owner can publish).
+    assert consul.entries[sid("metrics")]["Port"] == 8080
+    docker.exit(A, 0)
+    r.mark(A)  # the owner's `die`: nothing happened to the sidecar itself
+    await r.idle()
+    assert sid("metrics") not in consul.entries

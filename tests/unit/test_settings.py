@@ -84,6 +84,16 @@ def fields_of(settings: Settings, names: dict[str, Any]) -> dict[str, Any]:
         pytest.param(["-ttl", "3"], {"ttl": 3, "ttl_refresh": 1}, id="refresh rounds down"),
         pytest.param(["-ttl", "2"], {"ttl": 2, "ttl_refresh": 1}, id="smallest ttl"),
         pytest.param(
+            ["-node-ttl", "0", "-node-reap-after", "0", "-swarm-reap-after", "0"],
+            {"node_ttl": 0, "node_reap_after": 0, "swarm_reap_after": 0},
+            id="node heartbeat and reaping off",
+        ),
+        pytest.param(
+            ["-node-ttl=2", "-node-reap-after=60", "-swarm-reap-after=5"],
+            {"node_ttl": 2, "node_reap_after": 60, "swarm_reap_after": 5},
+            id="node heartbeat smallest values",
+        ),
+        pytest.param(
             ["-ttl", "30", "-ttl-refresh", "29"], {"ttl": 30, "ttl_refresh": 29}, id="refresh"
         ),
         pytest.param(
@@ -304,6 +314,13 @@ def test_consul_endpoint_text(endpoint: ConsulEndpoint, base_url: str, text: str
             id="refresh > ttl from env",
         ),
         pytest.param(["-ttl", "1"], {}, "-ttl", id="ttl 1 leaves no room for a refresh"),
+        pytest.param(["-node-ttl", "1"], {}, "-node-ttl", id="node ttl 1 beats every 0 s"),
+        pytest.param(
+            [],
+            {"REGISTRATOR_NODE_REAP_AFTER": "30"},
+            "REGISTRATOR_NODE_REAP_AFTER",
+            id="reap below Consul's minute",
+        ),
         pytest.param(["-log-level", "loud"], {}, "-log-level", id="-log-level loud"),
         pytest.param([], {"REGISTRATOR_INTERNAL": "maybe"}, "REGISTRATOR_INTERNAL", id="env bool"),
         pytest.param(
@@ -335,6 +352,9 @@ BAD_VALUES = {
     "retry_interval": "0",
     "ttl": "-1",
     "ttl_refresh": "soon",
+    "node_ttl": "-5",
+    "node_reap_after": "10m",
+    "swarm_reap_after": "-1",
     "docker_health": "sure",
     "docker_health_initial": "ok",
     "drain": "maybe",
