@@ -56,7 +56,7 @@ def checks_of(consul: ConsulAgent, service_id: str) -> dict[str, dict[str, Any]]
         pytest.param(
             {"SERVICE_CHECK_HTTP": "/", "SERVICE_CHECK_INTERVAL": "abc"},
             {},
-            {"http", "misconfigured"},
+            {"http", "misconfigured", "registrator-node"},
             "label SERVICE_CHECK_INTERVAL: 'abc' is not a duration like 10s, 1m or 500ms; "
             "using 10s",
             id="issue example: interval abc",
@@ -64,7 +64,7 @@ def checks_of(consul: ConsulAgent, service_id: str) -> dict[str, dict[str, Any]]
         pytest.param(
             {"SERVICE_CHECK_HTTP": "/", "SERVICE_CHECK_TCP": "off"},
             {"SERVICE_CHECK_TIMEOUT": "soon"},
-            {"http", "misconfigured"},
+            {"http", "misconfigured", "registrator-node"},
             "env SERVICE_CHECK_TIMEOUT: 'soon' is not a duration like 10s, 1m or 500ms; left unset",
             id="timeout from env on an HTTP check; TCP off means no TCP check",
         ),
@@ -136,9 +136,13 @@ async def test_bare_whole_numbers_are_seconds_and_said_once(
         await running.wait_registered(service_id)
         await asyncio.sleep(2.5)
     checks = checks_of(consul, service_id)
-    assert set(checks) == {f"service:{service_id}:http"}
+    assert set(checks) == {f"service:{service_id}:{kind}" for kind in ("http", "registrator-node")}
     # The health endpoint shows a check's definition (the agent's /checks does not).
-    (http,) = consul.get(f"/v1/health/checks/{box.labels['SERVICE_NAME']}")
+    (http,) = [
+        check
+        for check in consul.get(f"/v1/health/checks/{box.labels['SERVICE_NAME']}")
+        if check["CheckID"] == f"service:{service_id}:http"
+    ]
     assert (http["Interval"], http["Timeout"]) == ("10s", "1m30s")
     for key, value in (("INTERVAL", "10"), ("TIMEOUT", "90")):
         said = warnings_about(caplog, box.name, f"SERVICE_CHECK_{key}", "has no unit")
