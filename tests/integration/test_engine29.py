@@ -8,10 +8,11 @@ agent negotiated before with HTTP 400 "client version ... is too old", forever u
 negotiates again.
 
 Each test starts dedicated daemons on a socket of its own (own data and exec roots, so their own
-containerd; no iptables, no default bridge; storage vfs in a temporary folder), never the lane's
-daemon and never the machine's 20.10. The Engine 29 binaries are the lane's cached build
-(REGISTRATOR_TEST_DOCKERD29, set by scripts/test); the "before the upgrade" engine is Debian's
-dockerd 20.10 (API 1.41), which the machine has anyway. Their networks use 198.18.36.0/23.
+containerd; no iptables; a default bridge of their own; storage vfs in a temporary folder),
+never the lane's daemon and never the machine's 20.10. The Engine 29 binaries are the lane's
+cached build (REGISTRATOR_TEST_DOCKERD29, set by scripts/test); the "before the upgrade" engine
+is Debian's dockerd 20.10 (API 1.41), which the machine has anyway. Their networks use
+198.18.36.0/23, their default bridge 198.18.38.0/24.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ ENGINE29_DIR = os.environ.get("REGISTRATOR_TEST_DOCKERD29", "")
 DOCKERD20 = shutil.which("dockerd") or "/usr/sbin/dockerd"
 # One /24 per daemon generation, so two bridges never hold the same subnet on the host.
 SUBNETS = ("198.18.36.0/24", "198.18.37.0/24")
+# Their default bridge. Not `--bridge none`: a daemon started so deletes the host's docker0
+# (it tidies up "its" default bridge), which is the machine's 20.10 daemon's.
+BRIDGE, BRIDGE_CIDR = "rt29b0", "198.18.38.1/24"
 
 
 @dataclass
@@ -73,7 +77,7 @@ class Daemon:
             "--data-root", str(data_root),
             "--exec-root", str(self.root / f"x{engine}"),
             "--pidfile", str(self.root / f"{engine}.pid"),
-            "--bridge", "none",
+            "--bridge", BRIDGE,
             "--iptables=false", "--ip6tables=false",
             "--storage-driver", "vfs",
         ]  # fmt: skip
@@ -86,6 +90,10 @@ class Daemon:
             ]  # fmt: skip
         else:
             binary = DOCKERD20
+        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode:
+            subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+            subprocess.run(["ip", "addr", "add", BRIDGE_CIDR, "dev", BRIDGE], check=True)
+        subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
         log = (self.root / f"dockerd-{engine}.log").open("ab")
         self.process = subprocess.Popen(
             [binary, *argv], env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
@@ -178,7 +186,7 @@ def daemon() -> Iterator[Daemon]:
             yield found
         finally:
             found.stop()
-            for bridge in found.bridges:
+            for bridge in [*found.bridges, BRIDGE]:
                 subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
             # vfs layers and containerd state: nothing in them is worth keeping.
             subprocess.run(["rm", "-rf", str(root)], check=False)

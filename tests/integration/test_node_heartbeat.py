@@ -23,7 +23,8 @@ from urllib.parse import quote
 import pytest
 from docker.models.containers import Container
 
-from registrator.checks import NODE_ALIAS_KIND, check_id
+from registrator.checks import check_id
+from registrator.model import CheckKind
 from registrator.reaping import heartbeat_check_id, heartbeat_service_id
 from tests.conftest import StartProcess
 from tests.helpers import (
@@ -100,7 +101,7 @@ def start_pair(
 
 def all_passing(consul: ConsulAgent, service_id: str) -> dict[str, str] | None:
     found = statuses(consul, service_id)
-    ok = found.keys() >= {"http", NODE_ALIAS_KIND} and set(found.values()) == {"passing"}
+    ok = found.keys() >= {"http", CheckKind.NODE_ALIAS} and set(found.values()) == {"passing"}
     return found if ok else None
 
 
@@ -130,7 +131,7 @@ def test_killed_agents_services_turn_critical_within_the_ttl_and_leave_dns(
 
     def a_critical() -> bool:
         b_seen.append(statuses(consul, sid_b))
-        return statuses(consul, sid_a).get(NODE_ALIAS_KIND) == "critical"
+        return statuses(consul, sid_a).get(CheckKind.NODE_ALIAS) == "critical"
 
     wait_until(a_critical, timeout=TTL + 10, interval=0.1,
                message=f"{sid_a} did not turn critical after its agent was killed")  # fmt: skip
@@ -139,12 +140,12 @@ def test_killed_agents_services_turn_critical_within_the_ttl_and_leave_dns(
     assert to_critical <= TTL + 1, to_critical
     # Its own HTTP check still passes (the container serves), yet the alias takes it out of
     # every healthy view: ?passing and DNS.
-    assert statuses(consul, sid_a) == {"http": "passing", NODE_ALIAS_KIND: "critical"}
+    assert statuses(consul, sid_a) == {"http": "passing", CheckKind.NODE_ALIAS: "critical"}
     assert passing_ids(consul, name) == {sid_b}
     assert dig(consul, f"{node_a}.{name}.service.consul") == []
     assert dig(consul, f"{node_b}.{name}.service.consul") == ["127.0.0.1"]
     # The other node's entry never changed while this one failed.
-    assert all(seen == {"http": "passing", NODE_ALIAS_KIND: "passing"} for seen in b_seen)
+    assert all(seen == {"http": "passing", CheckKind.NODE_ALIAS: "passing"} for seen in b_seen)
     # The UI says whose heartbeat went quiet, and when it last beat.
     expired = consul.checks()[heartbeat_check_id(node_a)]
     assert expired["Status"] == "critical"
@@ -181,7 +182,7 @@ def test_restarted_agent_resumes_the_heartbeat_without_a_critical_moment(
 
     def watch_until(deadline: float) -> None:
         while time.monotonic() < deadline:
-            seen.append(statuses(consul, sid).get(NODE_ALIAS_KIND, "missing"))
+            seen.append(statuses(consul, sid).get(CheckKind.NODE_ALIAS, "missing"))
             seen.append(consul.checks()[heartbeat_check_id(node)]["Status"])
             time.sleep(0.1)
 
@@ -216,7 +217,7 @@ def test_lost_agents_services_are_reaped_after_the_configured_time(
     a.kill()
     killed = time.monotonic()
     wait_until(
-        lambda: statuses(consul, sid_a).get(NODE_ALIAS_KIND) == "critical",
+        lambda: statuses(consul, sid_a).get(CheckKind.NODE_ALIAS) == "critical",
         timeout=12,
         message=f"{sid_a} did not turn critical",
     )
@@ -250,7 +251,7 @@ async def test_node_ttl_0_registers_no_heartbeat_and_no_alias(
     sid = running.service_id(container.name, 80)
     await running.wait_registered(sid)
     assert heartbeat_service_id(running.node) not in consul.services()
-    assert check_id(sid, NODE_ALIAS_KIND) not in consul.checks()
+    assert check_id(sid, CheckKind.NODE_ALIAS) not in consul.checks()
 
 
 async def test_consul_lost_the_heartbeat_it_is_registered_again(
