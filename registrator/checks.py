@@ -12,7 +12,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from registrator.labels import Metadata, flag
+from registrator.labels import Metadata, unique
 from registrator.model import Check, CheckKind, Container, Problem
 from registrator.settings import Settings
 from registrator.vocabulary import bool_word, whole_number
@@ -93,6 +93,19 @@ class ChecksResult:
     script_timeout: float = 0.0  # seconds one run may take (SERVICE_CHECK_TIMEOUT)
 
 
+# Go's time.Duration is an int64 of nanoseconds: Consul refuses anything longer.
+MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
+# RFC 9110 token: what Go's net/http accepts as a method (anything else fails every probe).
+_METHOD = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HOST_PORT = re.compile(r"^(?:\[[^\]]+\]|[^:\s]+):(\d{1,5})$")
+MISCONFIGURED_TTL = "24h"
+
+
+def is_off(value: str) -> bool:
+    """The shared yes/no words: `off`, `false`, `no`, `0` turn a check key off everywhere."""
+    return bool_word(value) is False
+
+
 def build_checks(
     metadata: Metadata,
     service_id: str,
@@ -103,29 +116,60 @@ def build_checks(
 ) -> ChecksResult:
     """The checks of one service; options read: -docker-health, -docker-health-initial, -ttl,
     -node-reap-after. `node_heartbeat` is the id of the node's heartbeat service to alias
-    (empty: none)."""
+    (empty: none).
+
+    A malformed key never leaves the service unchecked (issue 12): the checks are built as if
+    that key were absent, and a critical `misconfigured` check names the key, the value and
+    why, so the service stays critical in Consul until the label is fixed.
+    """
     checks: list[Check] = []
     problems: list[Problem] = []
+    broken: list[str] = []
 
-    def problem(key: str, reason: str) -> None:
+    def note(key: str, reason: str) -> None:
         problems.append(Problem(container.name, metadata.origin(key), reason))
 
-    def duration(key: str, default: str = "") -> str | None:
-        """The duration under `key`, the default if absent, or None if it is malformed."""
+    def malformed(key: str, why: str, instead: str) -> None:
+        """`key`'s value cannot be used; `instead`: what the checks do without it."""
+        value = metadata.get(key).strip()
+        reason = f"{value!r} {why}; {instead}"
+        note(key, f"{reason}; the service is critical until it is fixed")
+        broken.append(f"{metadata.origin(key)}: {reason}")
+
+    def duration(key: str, default: str = "", positive: bool = False) -> str:
+        """The duration under `key`; `default` if absent or malformed (malformed is reported).
+
+        A bare whole number is read as seconds, which is what users writing `10` mean.
+        """
         value = metadata.get(key).strip()
         if not value:
             return default
+        instead = f"using {default}" if default else "left unset"
+        if value.isascii() and value.isdigit() and value != "0" and len(value) <= 9:
+            note(key, f"{value!r} has no unit; read as {int(value)}s (write {int(value)}s)")
+            value = f"{int(value)}s"
         if not is_duration(value):
-            problem(key, f"{value!r} is not a duration like 10s, 1m or 500ms; check skipped")
-            return None
-        return value
+            malformed(key, "is not a duration like 10s, 1m or 500ms", instead)
+        elif duration_seconds(value) > MAX_DURATION_SECONDS:
+            malformed(key, "is longer than Consul accepts (2562047h)", instead)
+        elif positive and duration_seconds(value) <= 0:
+            malformed(key, "must be more than 0", instead)
+        else:
+            return value
+        return default
 
-    # Options shared by every probing check; a malformed one drops the checks it applies to.
-    interval = duration("CHECK_INTERVAL", DEFAULT_INTERVAL)
+    def switch(key: str) -> bool:
+        """A yes/no key; absent, off or malformed (reported) is no."""
+        value = metadata.get(key).strip()
+        if value and bool_word(value) is None:
+            malformed(key, "is not true/false, yes/no, on/off or 1/0", "taken as false")
+        return bool_word(value) is True
+
+    # Options shared by every probing check.
+    interval = duration("CHECK_INTERVAL", DEFAULT_INTERVAL, positive=True)
     timeout = duration("CHECK_TIMEOUT")
     deregister_after = duration("CHECK_DEREGISTER_AFTER")
     common: dict[str, object] = {}
-    common_ok = interval is not None and timeout is not None and deregister_after is not None
     if timeout:
         common["Timeout"] = timeout
     if deregister_after:
@@ -135,8 +179,10 @@ def build_checks(
         if initial in _INITIAL_STATUSES:
             common["Status"] = initial
         else:
-            problem(
-                "CHECK_INITIAL_STATUS", f"{initial!r} is not passing, warning or critical; ignored"
+            malformed(
+                "CHECK_INITIAL_STATUS",
+                "is not passing, warning or critical",
+                "checks start critical (Consul's default)",
             )
     for key, field in (
         ("CHECK_SUCCESS_BEFORE_PASSING", "SuccessBeforePassing"),
@@ -148,23 +194,26 @@ def build_checks(
             if number is not None:
                 common[field] = number
             else:
-                problem(key, f"{raw!r} is not a non-negative integer; ignored")
+                malformed(key, "is not a non-negative integer", "left unset (0)")
 
     def add(kind: CheckKind, name: str, fields: dict[str, object], probing: bool = True) -> None:
         if probing:
-            if not common_ok:
-                return
             fields = {"Interval": interval, **common, **fields}
         checks.append(Check(check_id(service_id, kind), kind, name, fields))
 
     for kind, check_kind in (("HTTP", CheckKind.HTTP), ("HTTPS", CheckKind.HTTPS)):
         value = metadata.get(f"CHECK_{kind}").strip()
-        if not value:
+        if not value or is_off(value):
             continue
         fields: dict[str, object] = {"HTTP": _url(check_kind.value, value, target)}
-        method = metadata.get(f"CHECK_{kind}_METHOD", metadata.get("CHECK_METHOD")).strip()
-        if method:
+        method_key = (
+            f"CHECK_{kind}_METHOD" if metadata.get(f"CHECK_{kind}_METHOD") else "CHECK_METHOD"
+        )
+        method = metadata.get(method_key).strip()
+        if method and _METHOD.match(method):
             fields["Method"] = method.upper()
+        elif method:
+            malformed(method_key, "is not an HTTP method", f"the {kind} check uses GET")
         header_key = (
             f"CHECK_{kind}_HEADER" if metadata.get(f"CHECK_{kind}_HEADER") else "CHECK_HEADER"
         )
@@ -173,53 +222,58 @@ def build_checks(
             try:
                 fields["Header"] = _parse_headers(header_text)
             except (ValueError, RecursionError) as err:  # RecursionError: absurdly deep JSON
-                problem(header_key, f"bad header ({err}); {kind} check skipped")
-                continue
+                malformed(header_key, f"is not a header list ({err})", f"{kind} sent without it")
         body = metadata.get(f"CHECK_{kind}_BODY", metadata.get("CHECK_BODY"))
         if body:
             fields["Body"] = body
-        skip_verify, flag_problems = flag(metadata, "CHECK_TLS_SKIP_VERIFY", container)
-        problems.extend(flag_problems)
-        if skip_verify:
+        if switch("CHECK_TLS_SKIP_VERIFY"):
             fields["TLSSkipVerify"] = True
         add(check_kind, f"{kind} {fields['HTTP']}", fields)
 
     tcp = metadata.get("CHECK_TCP").strip()
-    if tcp and bool_word(tcp) is not False:
-        address = tcp if ":" in tcp and bool_word(tcp) is None else _host_port(target)
-        add(CheckKind.TCP, f"TCP {address}", {"TCP": address})
+    if tcp and not is_off(tcp):
+        if bool_word(tcp):
+            add(CheckKind.TCP, f"TCP {_host_port(target)}", {"TCP": _host_port(target)})
+        elif (match := _HOST_PORT.match(tcp)) and 0 < int(match.group(1)) < 65536:
+            add(CheckKind.TCP, f"TCP {tcp}", {"TCP": tcp})
+        else:
+            malformed("CHECK_TCP", "is neither true/false nor host:port", "no TCP check")
 
     grpc = metadata.get("CHECK_GRPC").strip()
-    if grpc and bool_word(grpc) is not False:
+    if grpc and not is_off(grpc):
         service = "" if bool_word(grpc) else grpc
         address = _host_port(target) + (f"/{service}" if service else "")
         fields = {"GRPC": address}
-        use_tls, flag_problems = flag(metadata, "CHECK_GRPC_USE_TLS", container)
-        problems.extend(flag_problems)
-        if use_tls:
+        if switch("CHECK_GRPC_USE_TLS"):
             fields["GRPCUseTLS"] = True
         add(CheckKind.GRPC, f"gRPC {address}", fields)
 
     ttl_value = metadata.get("CHECK_TTL").strip()
-    if ttl_value:
-        if is_duration(ttl_value):
-            fields = {"TTL": ttl_value, **{k: v for k, v in common.items() if k != "Timeout"}}
-            add(CheckKind.TTL, f"TTL {ttl_value} (application heartbeats)", fields, probing=False)
-        else:
-            problem("CHECK_TTL", f"{ttl_value!r} is not a duration like 30s; check skipped")
+    if ttl_value and not is_off(ttl_value):
+        ttl = duration("CHECK_TTL", positive=True)
+        if ttl:
+            fields = {"TTL": ttl, **{k: v for k, v in common.items() if k != "Timeout"}}
+            add(CheckKind.TTL, f"TTL {ttl} (application heartbeats)", fields, probing=False)
 
     script = with_service_address(metadata.get("CHECK_SCRIPT").strip(), target)
     script_interval = script_timeout = 0.0
-    if script and common_ok:
+    if script and is_off(script):
+        script = ""
+    if script:
+        try:
+            script_command(script)
+        except ValueError as err:
+            malformed("CHECK_SCRIPT", f"cannot be split into arguments ({err})", "no script")
+            script = ""
+    if script:
         # Run by registrator inside the container (docker exec) and reported to this TTL
         # check, so Consul needs no enable_script_checks and no access to the container.
-        ttl_for_script = _script_ttl(interval or DEFAULT_INTERVAL)
-        fields = {"TTL": ttl_for_script, "Notes": f"registrator runs: {script}"}
+        fields = {"TTL": _script_ttl(interval), "Notes": f"registrator runs: {script}"}
         fields.update({k: v for k, v in common.items() if k not in {"Timeout"}})
         add(CheckKind.SCRIPT, "Script in container", fields, probing=False)
-        script_interval = duration_seconds(interval or DEFAULT_INTERVAL)
+        script_interval = duration_seconds(interval)
         if script_interval < MIN_SCRIPT_INTERVAL_SECONDS:
-            problem(
+            note(
                 "CHECK_INTERVAL",
                 f"{interval!r} is shorter than {MIN_SCRIPT_INTERVAL_SECONDS:g}s, the shortest "
                 f"interval a script check runs at; using {MIN_SCRIPT_INTERVAL_SECONDS:g}s",
@@ -228,11 +282,11 @@ def build_checks(
         # Consul's own default for script checks; an exec on a loaded host can take longer
         # than a short interval without the script failing.
         script_timeout = duration_seconds(timeout) if timeout else SCRIPT_TIMEOUT_SECONDS
-    elif script:
-        script = ""
 
-    health_opt_out = bool_word(metadata.get("CHECK_DOCKER_HEALTH")) is False
-    if settings.docker_health and container.health and not health_opt_out:
+    health_word = metadata.get("CHECK_DOCKER_HEALTH").strip()
+    if health_word and bool_word(health_word) is None:
+        malformed("CHECK_DOCKER_HEALTH", "is not true/false, yes/no, on/off or 1/0", "mirrored")
+    if settings.docker_health and container.health and not is_off(health_word):
         add(
             CheckKind.DOCKER_HEALTH,
             "Docker HEALTHCHECK",
@@ -264,6 +318,16 @@ def build_checks(
         if settings.node_reap_after:
             fields["DeregisterCriticalServiceAfter"] = f"{settings.node_reap_after}s"
         add(CheckKind.NODE_ALIAS, f"registrator node {node_heartbeat}", fields, probing=False)
+    if broken:
+        # Critical from its registration on; registrator also sets its output (plan.py).
+        # No DeregisterCriticalServiceAfter: Consul would reap the service, and the next
+        # resync would register it again.
+        add(
+            CheckKind.MISCONFIGURED,
+            "Malformed check labels",
+            {"TTL": MISCONFIGURED_TTL, "Status": "critical", "Notes": "; ".join(unique(broken))},
+            probing=False,
+        )
     return ChecksResult(tuple(checks), tuple(problems), script, script_interval, script_timeout)
 
 

@@ -151,6 +151,19 @@ class ConsulClient(JSONClient):
             raise ConsulError("GET /v1/agent/services: unexpected answer")
         return {k: v for k, v in answer.items() if isinstance(v, dict)}
 
+    async def service(self, service_id: str) -> dict[str, Any] | None:
+        """`GET /v1/agent/service/:id`: the agent's entry for one service id, None if it has
+        none (HTTP 404)."""
+        try:
+            answer = await self._call("GET", f"/v1/agent/service/{path_segment(service_id)}")
+        except ConsulError as err:
+            if err.status == 404:
+                return None
+            raise
+        if not isinstance(answer, dict):
+            raise ConsulError("GET /v1/agent/service: unexpected answer")
+        return answer
+
     async def checks(self) -> dict[str, dict[str, Any]]:
         """`GET /v1/agent/checks`: check id → the check (Status, Notes, ServiceID, ...)."""
         answer = await self._call("GET", "/v1/agent/checks")

@@ -28,10 +28,13 @@ class Ledger:
         # container id → contested ids it waits for; containers kept while stopped.
         self.waiting: dict[str, tuple[str, ...]] = {}
         self.stopped: set[str] = set()
+        # service id → who else holds it in Consul: from the last full reconcile's listing,
+        # and from the look-up before the first write of an id (reconciler._look_up_holders).
+        self.foreign: dict[str, str] = {}
 
     def holdings(self) -> Holdings:
         """A read-only view for the planner (not a copy: the planner runs synchronously)."""
-        return Holdings(self.held, self.registered, self.waiting, self.stopped)
+        return Holdings(self.held, self.registered, self.waiting, self.stopped, self.foreign)
 
     def remember(self, key: str, service: Service) -> None:
         """Consul holds `service` for container `key` as we registered it."""

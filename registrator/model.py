@@ -160,6 +160,8 @@ class CheckKind(StrEnum):
     SCRIPT = "script"  # run by registrator in the container, reported to a TTL check
     DOCKER_HEALTH = "docker-health"  # mirrors the container's Docker HEALTHCHECK
     HEARTBEAT = "registrator-ttl"  # -ttl: registrator itself is alive
+    # A malformed SERVICE_CHECK_* key: critical, saying which key, which value and why.
+    MISCONFIGURED = "misconfigured"
     NODE_ALIAS = "registrator-node"  # Consul aliases the node's heartbeat (-node-ttl)
 
     @property
@@ -168,7 +170,9 @@ class CheckKind(StrEnum):
         return self in _REPORTED_BY_AGENT
 
 
-_REPORTED_BY_AGENT = frozenset({CheckKind.SCRIPT, CheckKind.DOCKER_HEALTH, CheckKind.HEARTBEAT})
+_REPORTED_BY_AGENT = frozenset(
+    {CheckKind.SCRIPT, CheckKind.DOCKER_HEALTH, CheckKind.HEARTBEAT, CheckKind.MISCONFIGURED}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,27 @@ def held_from_agent(entry: Mapping[str, Any], node: str) -> HeldService | None:
     )
 
 
+def foreign_holder(entry: Mapping[str, Any], node: str) -> str | None:
+    """Who holds an entry of `GET /v1/agent/services` (or `GET /v1/agent/service/:id`) when
+    it is not this node's registrator, in words for a warning; None when it is ours.
+
+    Ownership is Meta: `external-source: registrator` with `registrator-node` this node. A
+    sidecar Consul made from our registration carries our Meta, so it is ours too.
+    """
+    meta = entry.get("Meta")
+    meta = meta if isinstance(meta, Mapping) else {}
+    if meta.get(META_SOURCE) == OWNER_SOURCE:
+        other = meta.get(META_NODE)
+        if other == node:
+            return None
+        container = str(meta.get(META_CONTAINER, ""))[:12]
+        return f"the registrator of node {other!r}" + (
+            f" (container {container})" if container else ""
+        )
+    shown = ", ".join(f"{key}={value}" for key, value in sorted(meta.items())[:3])
+    return "a registration not made by registrator" + (f" (Meta {shown})" if shown else "")
+
+
 def held_from_service(service: Service) -> HeldService:
     """What Consul holds after it accepted `registration(service)`."""
     return HeldService(

@@ -41,12 +41,15 @@ class Holdings:
     registered: service id → the Service last registered under it (checks, sidecar, script).
     waiting: container id → the contested ids it waits for (see Outcome.contested).
     stopped: containers whose services are kept while they do not run (Outcome.kept).
+    foreign: service id → who else holds it in Consul (by hand, another tool, another node's
+        registrator), in words: payload.foreign_holder of the agent's entry.
     """
 
     held: Mapping[str, Mapping[str, HeldService]]
     registered: Mapping[str, Service]
     waiting: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     stopped: AbstractSet[str] = frozenset()
+    foreign: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Outcome:
         checks registrator controls are then critical, and it runs none of them (no script,
         no heartbeat, no health mirror) until the container runs again.
     hand_over: containers waiting for an id this plan releases; reconcile them right after.
+    foreign: ids this container wants that someone else holds in Consul; the holder wins.
     """
 
     plan: Plan
@@ -70,6 +74,7 @@ class Outcome:
     check_updates: tuple[CheckUpdate, ...] = ()
     kept: bool = False
     hand_over: tuple[str, ...] = ()
+    foreign: tuple[str, ...] = ()
 
 
 def plan_container(
@@ -85,7 +90,8 @@ def plan_container(
             Plan(), check_updates=stopped_checks(container, held, holdings, ctx), kept=True
         )
     result = desired_services(container, ctx)
-    services, contested, taken = without_contested_ids(key, result.services, holdings)
+    services, foreign, not_ours = without_foreign_ids(key, result.services, holdings, ctx.node)
+    services, contested, taken = without_contested_ids(key, services, holdings)
     plan = plan_changes(services, held)
     drops = {
         service.id: sidecar_id(service.id)
@@ -97,10 +103,11 @@ def plan_container(
     return Outcome(
         plan,
         services,
-        tuple(str(problem) for problem in result.problems) + taken,
+        tuple(str(problem) for problem in result.problems) + not_ours + taken,
         contested,
-        mirror_health(container, services),
+        mirror_health(container, services) + misconfigured(services),
         hand_over=contenders(plan, key, holdings),
+        foreign=foreign,
     )
 
 
@@ -140,6 +147,33 @@ def stopped_checks(
         for check in service.checks
         if check.kind.reported_by_agent
     )
+
+
+def without_foreign_ids(
+    key: str, services: tuple[Service, ...], holdings: Holdings, node: str
+) -> tuple[tuple[Service, ...], tuple[str, ...], tuple[str, ...]]:
+    """Drop services whose id someone other than this node's registrator holds in Consul.
+
+    The foreign holder wins: registering would overwrite its entry, and deregistering ours
+    later would delete it. An id this container already holds stays ours (we wrote it after
+    the listing that called it foreign). Returns (kept services, foreign ids, problems).
+    """
+    kept: list[Service] = []
+    foreign: list[str] = []
+    problems: list[str] = []
+    own = holdings.held.get(key, {})
+    for service in services:
+        holder = holdings.foreign.get(service.id)
+        if holder is None or service.id in own:
+            kept.append(service)
+            continue
+        foreign.append(service.id)
+        problems.append(
+            f"container {service.container_name}: service id {service.id!r}: Consul already "
+            f"holds it for {holder}, not for registrator on node {node!r}; not taken over, "
+            "registered once that entry is gone"
+        )
+    return tuple(kept), tuple(foreign), tuple(problems)
 
 
 def without_contested_ids(
@@ -201,6 +235,17 @@ def mirror_health(container: Container, services: Iterable[Service]) -> tuple[Ch
         for service in services
         for check in service.checks
         if check.kind is CheckKind.DOCKER_HEALTH
+    )
+
+
+def misconfigured(services: Iterable[Service]) -> tuple[CheckUpdate, ...]:
+    """Each misconfigured check critical, its output naming the malformed keys (the same
+    text as its Notes: Consul's register call takes no Output)."""
+    return tuple(
+        CheckUpdate(check.check_id, "critical", str(check.fields["Notes"]), refresh_after(check))
+        for service in services
+        for check in service.checks
+        if check.kind is CheckKind.MISCONFIGURED
     )
 
 

@@ -20,7 +20,13 @@ from registrator.docker import DockerError
 from registrator.inspects import Inspects
 from registrator.ledger import Ledger
 from registrator.model import META_HASH, Container, HeldService, Plan, Service
-from registrator.payload import held_from_agent, held_from_service, payload_hash, registration
+from registrator.payload import (
+    foreign_holder,
+    held_from_agent,
+    held_from_service,
+    payload_hash,
+    registration,
+)
 from registrator.plan import (
     Maintenance,
     Outcome,
@@ -187,10 +193,16 @@ class Reconciler:
             vip_keys = await self.swarm.refresh(self.ledger.held)
 
             fresh: dict[str, dict[str, HeldService]] = {}
-            for entry in entries.values():
+            foreign: dict[str, str] = {}
+            for service_id, entry in entries.items():
                 held = held_from_agent(entry, self.context.node)
                 if held is not None:
                     fresh.setdefault(held.container_id, {})[held.id] = held
+                holder = foreign_holder(entry, self.context.node)
+                if holder is not None:
+                    foreign[str(entry.get("ID", service_id))] = holder
+            # What the listing says replaces what was known: an entry gone from it is free.
+            self.ledger.foreign = foreign
             states = {str(item["Id"]): str(item.get("State", "")) for item in listed}
             # by_container: a container removed while Consul was down, whose entries Consul
             # has since lost, holds nothing but still has notes (a script runner) to release.
@@ -211,7 +223,9 @@ class Reconciler:
                     # A container missing from the list may have been created after it:
                     # inspect to tell "gone" from "new" instead of deregistering it.
                     state = states.get(container_id)
-                    await self._reconcile_locked(container_id, state, force_inspect=state is None)
+                    await self._reconcile_locked(
+                        container_id, state, force_inspect=state is None, listed=True
+                    )
 
             # A few workers share one iterator rather than one task per container behind a
             # semaphore: 500 waiting tasks and their frames were ~1.5 MB of the peak RSS.
@@ -223,6 +237,8 @@ class Reconciler:
 
             await asyncio.gather(*(worker() for _ in range(FULL_RECONCILE_CONCURRENCY)))
             self.ledger.drop_empty(container_ids)
+            for key in [key for key in self._reported_problems if key not in container_ids]:
+                self._reported_problems.pop(key, None)
             if not self.synced:
                 running = {cid for cid, state in states.items() if state == "running"}
                 await self._lift_stale_drains(running)
@@ -252,8 +268,9 @@ class Reconciler:
         return replace(container, network_owner=owner)
 
     async def _reconcile_locked(
-        self, container_id: str, list_state: str | None, force_inspect: bool
+        self, container_id: str, list_state: str | None, force_inspect: bool, listed: bool = False
     ) -> None:
+        """`listed`: part of a full reconcile, whose listing of Consul's services is fresh."""
         self.stats.container_reconciles += 1
         if is_vip_key(container_id) and not self.swarm.readable:
             return  # frozen until Swarm answers again (see SwarmView.refresh)
@@ -269,16 +286,39 @@ class Reconciler:
             self._after(container_id)
             return
         try:
-            await self._plan_and_apply(container_id, container)
+            await self._plan_and_apply(container_id, container, list_state, listed)
         finally:
             self._after(container_id)
 
-    async def _plan_and_apply(self, container_id: str, container: Container | None) -> None:
+    async def _plan_and_apply(
+        self,
+        container_id: str,
+        container: Container | None,
+        list_state: str | None,
+        listed: bool,
+    ) -> None:
+        """`list_state` and `listed` as for `_reconcile_locked`."""
         touched = set(self.ledger.held.get(container_id, {})) | self.ledger.services_of(
             container_id
         )
         outcome = plan_container(container_id, container, self.ledger.holdings(), self.context)
-        self._report_problems(container_id, outcome)
+        if not listed:
+            # Between listings someone may have registered an id we are about to take, or
+            # removed one we left to them: ask Consul before the first write of such an id.
+            try:
+                if await self._look_up_holders(container_id, outcome):
+                    outcome = plan_container(
+                        container_id, container, self.ledger.holdings(), self.context
+                    )
+            except ConsulError as err:
+                self.status.error("consul", f"look up service ids: {err}", err.transient)
+                self.status.retry_needed = True
+                # Nothing was written, so it is retried like a write that failed.
+                self._unfinished.add(container_id)
+                return
+        # Gone for sure only when Docker said so; a listing taken before the container
+        # started gives None too, and forgetting its problems then would log them again.
+        self._report_problems(container_id, outcome, gone=container is None and not list_state)
         self.ledger.note(container_id, outcome.contested, outcome.kept)
         if not outcome.plan.empty:
             await self._apply(container_id, container, outcome.plan)
@@ -337,6 +377,28 @@ class Reconciler:
     async def _mark_later(self, container_id: str, delay: float) -> None:
         await self.timing.sleep(delay)
         self.mark(container_id)
+
+    async def _look_up_holders(self, container_id: str, outcome: Outcome) -> bool:
+        """GET each id this outcome writes for the first time, or leaves to a foreign holder;
+        record who holds it. True if that changes what the planner knew. Raises ConsulError.
+
+        An id this container already holds is not looked up: an unchanged container costs
+        no call, and a changed one only its new ids.
+        """
+        own = self.ledger.held.get(container_id, {})
+        ids = [s.id for s in outcome.plan.register if s.id not in own] + list(outcome.foreign)
+        changed = False
+        for service_id in ids:
+            entry = await self.consul.service(service_id)
+            self.status.answered("consul")
+            holder = None if entry is None else foreign_holder(entry, self.context.node)
+            if self.ledger.foreign.get(service_id) != holder:
+                changed = True
+                if holder is None:
+                    self.ledger.foreign.pop(service_id, None)
+                else:
+                    self.ledger.foreign[service_id] = holder
+        return changed
 
     async def _apply(self, container_id: str, container: Container | None, plan: Plan) -> None:
         held_before = dict(self.ledger.held.get(container_id, {}))
@@ -535,14 +597,16 @@ class Reconciler:
 
     # --- reporting ------------------------------------------------------------------------
 
-    def _report_problems(self, container_id: str, outcome: Outcome) -> None:
-        """Log a container's metadata problems once per change, not on every resync."""
+    def _report_problems(self, container_id: str, outcome: Outcome, gone: bool) -> None:
+        """Log each metadata problem of a container once, not on every resync: a new problem
+        is logged, the ones already logged are not repeated."""
         if outcome.problems is None:
-            if not outcome.kept:
+            if gone:
                 self._reported_problems.pop(container_id, None)
             return
         current = frozenset(outcome.problems)
-        if self._reported_problems.get(container_id, frozenset()) == current:
+        previous = self._reported_problems.get(container_id, frozenset())
+        if previous == current:
             return
         # Only containers with problems are remembered: an empty set for each of hundreds of
         # healthy containers was ~0.2 KB apiece.
@@ -550,7 +614,7 @@ class Reconciler:
             self._reported_problems[container_id] = current
         else:
             self._reported_problems.pop(container_id, None)
-        for problem in sorted(current):
+        for problem in sorted(current - previous):
             log.warning("%s", problem)
 
     def _refuse(

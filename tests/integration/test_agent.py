@@ -592,11 +592,11 @@ async def test_bad_labels_are_logged_with_container_and_key_and_the_service_regi
 
     assert entry["Meta"]["owner"] == "team-a"
     assert "bad.key" not in entry["Meta"]
-    # The TCP check needs the malformed interval, so it is skipped rather than guessed (the
-    # node heartbeat's alias is not the container's check and stays).
-    assert [c["CheckID"] for c in consul.checks().values() if c["ServiceID"] == service_id] == [
-        f"service:{service_id}:registrator-node"
-    ]
+    # The TCP check runs at the default interval, and a critical check says why the service
+    # is critical until the label is fixed (issue 12; test_catalog_truth.py has the rest).
+    assert {c["CheckID"] for c in consul.checks().values() if c["ServiceID"] == service_id} == {
+        f"service:{service_id}:{kind}" for kind in ("tcp", "misconfigured", "registrator-node")
+    }
     interval = warnings_about(caplog, app.name, "SERVICE_CHECK_INTERVAL", "banana")
     bad_key = warnings_about(caplog, app.name, "SERVICE_80_BAD.KEY")
     assert len(interval) == 1, caplog.text

@@ -460,7 +460,7 @@ async def test_unchanged_resyncs_neither_reregister_nor_flap(
     assert await catalog_indexes() == indexes
 
 
-async def test_bad_interval_registers_without_probing_checks(
+async def test_bad_interval_keeps_the_checks_and_adds_a_critical_one(
     start_agent: StartAgent,
     consul: ConsulAgent,
     containers: ContainerFactory,
@@ -494,9 +494,11 @@ async def test_bad_interval_registers_without_probing_checks(
     assert "banana" in found[0]
 
     checks = {cid for cid, c in (await consul_checks(consul)).items() if c["ServiceID"] == sid}
-    # The HTTP check needs the interval, so it is dropped; the TTL check (and the node
-    # heartbeat's alias) do not.
-    assert checks == {check_id(sid, "ttl"), check_id(sid, "registrator-node")}
+    # The HTTP check runs at the default interval, the service is critical until the label is
+    # fixed; the TTL check and the node heartbeat's alias are as they would be.
+    assert checks == {
+        check_id(sid, kind) for kind in ("http", "ttl", "misconfigured", "registrator-node")
+    }
 
     await wait_resyncs(running, 2)
     assert len(warnings()) == 1, "the problem must be logged once, not on every resync"
@@ -505,11 +507,8 @@ async def test_bad_interval_registers_without_probing_checks(
 @pytest.mark.parametrize(
     ("labels", "consul_says"),
     [
-        pytest.param(
-            {"SERVICE_81_CHECK_TCP": "true", "SERVICE_81_CHECK_INTERVAL": "0s"},
-            "Interval must be > 0",
-            id="zero-interval",
-        ),
+        # A zero interval, which Consul refuses, is caught before it (a critical
+        # misconfigured check: test_catalog_truth.py); Connect still has rules only Consul knows.
         pytest.param(
             {"SERVICE_81_CONNECT": "sidecar", "SERVICE_81_CONNECT_UPSTREAMS": "a:19001,b:19001"},
             "upstreams cannot contain duplicates",

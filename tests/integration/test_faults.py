@@ -501,15 +501,15 @@ def test_rejected_registration_skips_only_that_service_and_is_logged_once(
     node = unique_node()
     agent = start_process("-resync", "1", node=node, consul=f"consul://{consul.http_addr}")
     good = containers.run("good", labels={"SERVICE_NAME": f"good-{node}", "SERVICE_PORT": "80"})
-    # Consul 1.14 answers 400 "Interval must be > 0 for ... HTTP ... checks"; our duration
-    # syntax accepts "0" (Go's does too), so the planner produces this payload.
+    # Consul 1.14 answers 400 "upstreams cannot contain duplicates": a rule only Consul knows
+    # (a zero check interval, which it also refuses, is caught by the planner since issue 12).
     bad = containers.run(
         "bad",
         labels={
             "SERVICE_NAME": f"bad-{node}",
             "SERVICE_PORT": "80",
-            "SERVICE_CHECK_HTTP": "/health",
-            "SERVICE_CHECK_INTERVAL": "0",
+            "SERVICE_CONNECT": "sidecar",
+            "SERVICE_CONNECT_UPSTREAMS": "a:19001,b:19001",
         },
     )
     started = time.monotonic()
@@ -526,7 +526,8 @@ def test_rejected_registration_skips_only_that_service_and_is_logged_once(
     lines = rejections()
     assert fulls >= 3, f"only {fulls} resyncs in 3.5 s with -resync 1"
     assert len(lines) == 1, "\n".join(lines)
-    assert "HTTP 400" in lines[0] and "Interval must be > 0" in lines[0], lines[0]
+    # Consul's reason goes on over more lines ("upstreams cannot contain duplicates").
+    assert "HTTP 400: Failed Validation" in lines[0], lines[0]
     final = tally(consul, node, {good.id}, {good.id, bad.id})
     assert final.exact
     reliability_report.add(

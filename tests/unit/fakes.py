@@ -232,6 +232,10 @@ class FakeConsul:
         await self._call("services")
         return copy.deepcopy(self.entries)
 
+    async def service(self, service_id: str) -> dict[str, Any] | None:
+        await self._call("service")
+        return copy.deepcopy(self.entries.get(service_id))
+
     async def checks(self) -> dict[str, dict[str, Any]]:
         """Only the maintenance checks (what the agent reads checks for)."""
         await self._call("checks")

@@ -14,6 +14,7 @@ from registrator.checks import (
     with_service_address,
 )
 from registrator.labels import service_metadata
+from registrator.model import CheckKind
 from registrator.settings import Settings
 from tests.unit.builders import make_container
 
@@ -415,137 +416,261 @@ def test_check_id() -> None:
     assert check_id("node1:web:80:udp", "tcp") == "service:node1:web:80:udp:tcp"
 
 
+MIRROR_NOTES = "mirrors the container's Docker HEALTHCHECK"
+CRITICAL_UNTIL_FIXED = "; the service is critical until it is fixed"
+MALFORMED = [
+    # (labels, env, the key as the user wrote it, checks still registered), one per key
+    # that can be malformed: the checks are built as if it were absent.
+    pytest.param(
+        {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_INTERVAL": "abc"},
+        {},
+        "label SERVICE_CHECK_INTERVAL",
+        {"http": {"HTTP": "http://10.0.0.5:8080/h", "Interval": "10s"}},
+        id="interval: not a duration, default used",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_TCP": "on", "SERVICE_CHECK_INTERVAL": "0"},
+        {},
+        "label SERVICE_CHECK_INTERVAL",
+        {"tcp": {"TCP": "10.0.0.5:8080", "Interval": "10s"}},
+        id="interval 0: Consul refuses the whole registration",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_SCRIPT": "true"},
+        {"SERVICE_CHECK_INTERVAL": "-5s"},
+        "env SERVICE_CHECK_INTERVAL",
+        {"script": {"TTL": "30s", "Notes": "registrator runs: true"}},
+        id="interval from env, negative: the script runs at the default",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_TIMEOUT": "soon"},
+        {},
+        "label SERVICE_CHECK_TIMEOUT",
+        {"tcp": {"TCP": "10.0.0.5:8080", "Interval": "10s"}},
+        id="timeout",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TIMEOUT": "9999999h"},
+        {},
+        "label SERVICE_CHECK_TIMEOUT",
+        {"http": {"HTTP": "http://10.0.0.5:8080/h", "Interval": "10s"}},
+        id="timeout beyond Go's int64 nanoseconds",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_GRPC": "true", "SERVICE_CHECK_DEREGISTER_AFTER": "1d"},
+        {},
+        "label SERVICE_CHECK_DEREGISTER_AFTER",
+        {"grpc": {"GRPC": "10.0.0.5:8080", "Interval": "10s"}},
+        id="deregister-after: days are not a Go unit",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_TTL": "1m", "SERVICE_CHECK_INTERVAL": "x"},
+        {},
+        "label SERVICE_CHECK_INTERVAL",
+        {"ttl": {"TTL": "1m"}},
+        id="interval does not touch a TTL check",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_TTL": "soon"}, {}, "label SERVICE_CHECK_TTL", {}, id="ttl: not a duration"
+    ),
+    pytest.param({"SERVICE_CHECK_TTL": "0s"}, {}, "label SERVICE_CHECK_TTL", {}, id="ttl 0"),
+    pytest.param(
+        {"SERVICE_80_CHECK_TTL": "1s0"},
+        {},
+        "label SERVICE_80_CHECK_TTL",
+        {},
+        id="ttl: port-scoped origin, digits after the unit",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_HEADER": "nocolon"},
+        {},
+        "label SERVICE_CHECK_HEADER",
+        {
+            "http": {"HTTP": "http://10.0.0.5:8080/h", "Interval": "10s"},
+            "tcp": {"TCP": "10.0.0.5:8080", "Interval": "10s"},
+        },
+        id="header: not Name: value",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_HEADER": '{"X-A": 1}'},
+        {},
+        "label SERVICE_CHECK_HEADER",
+        {"http": {"HTTP": "http://10.0.0.5:8080/h", "Interval": "10s"}},
+        id="header: JSON value not a string",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_HEADER": "{not json"},
+        {},
+        "label SERVICE_CHECK_HEADER",
+        {"http": {"HTTP": "http://10.0.0.5:8080/h", "Interval": "10s"}},
+        id="header: broken JSON",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_HTTPS": "/h", "SERVICE_CHECK_HTTPS_HEADER": "::"},
+        {},
+        "label SERVICE_CHECK_HTTPS_HEADER",
+        {"https": {"HTTP": "https://10.0.0.5:8080/h", "Interval": "10s"}},
+        id="HTTPS header",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_METHOD": "GE T"},
+        {},
+        "label SERVICE_CHECK_METHOD",
+        {"http": {"HTTP": "http://10.0.0.5:8080/h", "Interval": "10s"}},
+        id="method: not an HTTP token",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_HTTP_METHOD": "GET/1"},
+        {},
+        "label SERVICE_CHECK_HTTP_METHOD",
+        {"http": {"HTTP": "http://10.0.0.5:8080/h", "Interval": "10s"}},
+        id="per-kind method",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_HTTPS": "/h", "SERVICE_CHECK_TLS_SKIP_VERIFY": "maybe"},
+        {},
+        "label SERVICE_CHECK_TLS_SKIP_VERIFY",
+        {"https": {"HTTP": "https://10.0.0.5:8080/h", "Interval": "10s"}},
+        id="TLS skip verify: not a yes/no word, so verified",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_GRPC": "true", "SERVICE_CHECK_GRPC_USE_TLS": "sure"},
+        {},
+        "label SERVICE_CHECK_GRPC_USE_TLS",
+        {"grpc": {"GRPC": "10.0.0.5:8080", "Interval": "10s"}},
+        id="gRPC use TLS",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_TCP": "maybe"}, {}, "label SERVICE_CHECK_TCP", {}, id="tcp: not a word"
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_TCP": "db:99999"}, {}, "label SERVICE_CHECK_TCP", {}, id="tcp: bad port"
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_SCRIPT": 'echo "hi'},
+        {},
+        "label SERVICE_CHECK_SCRIPT",
+        {},
+        id="script: unbalanced quote",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_INITIAL_STATUS": "ok"},
+        {},
+        "label SERVICE_CHECK_INITIAL_STATUS",
+        {"tcp": {"TCP": "10.0.0.5:8080", "Interval": "10s"}},
+        id="initial status",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_SUCCESS_BEFORE_PASSING": "-1"},
+        {},
+        "label SERVICE_CHECK_SUCCESS_BEFORE_PASSING",
+        {"tcp": {"TCP": "10.0.0.5:8080", "Interval": "10s"}},
+        id="success threshold negative",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_FAILURES_BEFORE_CRITICAL": "two"},
+        {},
+        "label SERVICE_CHECK_FAILURES_BEFORE_CRITICAL",
+        {"tcp": {"TCP": "10.0.0.5:8080", "Interval": "10s"}},
+        id="failure threshold a word",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_DOCKER_HEALTH": "perhaps"},
+        {},
+        "label SERVICE_CHECK_DOCKER_HEALTH",
+        {"docker-health": {"TTL": "24h", "Status": "critical", "Notes": MIRROR_NOTES}},
+        id="docker health opt-out: not a word, so mirrored",
+    ),
+]
+
+
+@pytest.mark.parametrize(("labels", "env", "origin", "kept"), MALFORMED)
+def test_malformed_key_makes_the_service_critical(
+    labels: dict[str, str], env: dict[str, str], origin: str, kept: dict[str, dict[str, object]]
+) -> None:
+    health = "healthy" if "SERVICE_CHECK_DOCKER_HEALTH" in labels else None
+    result = build(labels, env=env, health=health)
+    checks = by_kind(result)
+    misconfigured = checks.pop("misconfigured")
+    assert checks == kept
+    (problem,) = result.problems
+    assert (problem.container, problem.key) == ("web-1", origin)
+    assert str(problem).startswith(f"container web-1: {origin}: ")
+    assert problem.reason.endswith(CRITICAL_UNTIL_FIXED)
+    value = next(v for k, v in {**env, **labels}.items() if origin.endswith(k)).strip()
+    assert problem.reason.startswith(f"{value!r} ")
+    # The same words in Consul as in the log, so the UI says which key, which value and why.
+    assert misconfigured == {
+        "TTL": "24h",
+        "Status": "critical",
+        "Notes": f"{origin}: {problem.reason.removesuffix(CRITICAL_UNTIL_FIXED)}",
+    }
+    assert result.checks[-1].kind is CheckKind.MISCONFIGURED
+    assert bool(result.script) is ("script" in kept)
+
+
+def test_every_malformed_key_is_named_in_one_critical_check() -> None:
+    result = build(
+        {
+            "SERVICE_CHECK_HTTP": "/h",
+            "SERVICE_CHECK_INTERVAL": "often",
+            "SERVICE_CHECK_TIMEOUT": "soon",
+        }
+    )
+    notes = str(by_kind(result)["misconfigured"]["Notes"])
+    assert notes.startswith("label SERVICE_CHECK_INTERVAL: 'often' is not a duration")
+    assert "; label SERVICE_CHECK_TIMEOUT: 'soon' is not a duration" in notes
+    assert len(result.problems) == 2
+
+
 @pytest.mark.parametrize(
-    ("labels", "env", "problem_key", "kinds"),
+    ("key", "value", "field", "kind", "expected"),
     [
+        pytest.param("CHECK_INTERVAL", "10", "Interval", "tcp", "10s", id="interval 10"),
+        pytest.param("CHECK_TIMEOUT", "90", "Timeout", "tcp", "90s", id="timeout 90"),
         pytest.param(
-            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_INTERVAL": "10"},
-            {},
-            "label SERVICE_CHECK_INTERVAL",
-            [],
-            id="unitless interval skips the probe",
+            "CHECK_DEREGISTER_AFTER",
+            "600",
+            "DeregisterCriticalServiceAfter",
+            "tcp",
+            "600s",
+            id="deregister-after 600",
         ),
-        pytest.param(
-            {"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_TIMEOUT": "soon"},
-            {},
-            "label SERVICE_CHECK_TIMEOUT",
-            [],
-            id="bad timeout",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_GRPC": "true", "SERVICE_CHECK_DEREGISTER_AFTER": "1d"},
-            {},
-            "label SERVICE_CHECK_DEREGISTER_AFTER",
-            [],
-            id="days are not a Go unit",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_TTL": "1m", "SERVICE_CHECK_INTERVAL": "x"},
-            {},
-            "label SERVICE_CHECK_INTERVAL",
-            ["ttl"],
-            id="bad interval does not drop a TTL check",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_SCRIPT": "true"},
-            {"SERVICE_CHECK_INTERVAL": "-5s"},
-            "env SERVICE_CHECK_INTERVAL",
-            [],
-            id="bad interval from env drops the script",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_TTL": "30"},
-            {},
-            "label SERVICE_CHECK_TTL",
-            [],
-            id="unitless TTL",
-        ),
-        pytest.param(
-            {"SERVICE_80_CHECK_TTL": "1s0"},
-            {},
-            "label SERVICE_80_CHECK_TTL",
-            [],
-            id="port-scoped origin, digits after the unit",
-        ),
-        pytest.param(
-            {
-                "SERVICE_CHECK_HTTP": "/h",
-                "SERVICE_CHECK_TCP": "1",
-                "SERVICE_CHECK_HEADER": "nocolon",
-            },
-            {},
-            "label SERVICE_CHECK_HEADER",
-            ["tcp"],
-            id="bad header drops only the HTTP check",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_HEADER": '{"X-A": 1}'},
-            {},
-            "label SERVICE_CHECK_HEADER",
-            [],
-            id="JSON header value not a string",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_HEADER": "{not json"},
-            {},
-            "label SERVICE_CHECK_HEADER",
-            [],
-            id="broken JSON header",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_HTTPS": "/h", "SERVICE_CHECK_HTTPS_HEADER": "::"},
-            {},
-            "label SERVICE_CHECK_HTTPS_HEADER",
-            [],
-            id="HTTPS header",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_INITIAL_STATUS": "ok"},
-            {},
-            "label SERVICE_CHECK_INITIAL_STATUS",
-            ["tcp"],
-            id="unknown initial status ignored",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_SUCCESS_BEFORE_PASSING": "-1"},
-            {},
-            "label SERVICE_CHECK_SUCCESS_BEFORE_PASSING",
-            ["tcp"],
-            id="negative threshold ignored",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_TCP": "1", "SERVICE_CHECK_FAILURES_BEFORE_CRITICAL": "two"},
-            {},
-            "label SERVICE_CHECK_FAILURES_BEFORE_CRITICAL",
-            ["tcp"],
-            id="word threshold ignored",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_GRPC": "1", "SERVICE_CHECK_GRPC_USE_TLS": "please"},
-            {},
-            "label SERVICE_CHECK_GRPC_USE_TLS",
-            ["grpc"],
-            id="not a boolean word: TLS not used",
-        ),
-        pytest.param(
-            {"SERVICE_CHECK_HTTP": "/", "SERVICE_CHECK_TLS_SKIP_VERIFY": "si"},
-            {},
-            "label SERVICE_CHECK_TLS_SKIP_VERIFY",
-            ["http"],
-            id="not a boolean word: TLS verified",
-        ),
+        pytest.param("CHECK_TTL", "30", "TTL", "ttl", "30s", id="ttl 30"),
+        pytest.param("CHECK_INTERVAL", "007", "Interval", "tcp", "7s", id="leading zeros"),
     ],
 )
-def test_bad_values_are_problems(
-    labels: dict[str, str], env: dict[str, str], problem_key: str, kinds: list[str]
+def test_bare_whole_number_is_seconds_and_said_once(
+    key: str, value: str, field: str, kind: str, expected: str
 ) -> None:
-    result = build(labels, env=env)
-    assert list(by_kind(result)) == kinds
+    result = build({"SERVICE_CHECK_TCP": "yes", f"SERVICE_{key}": value})
+    checks = by_kind(result)
+    assert "misconfigured" not in checks
+    assert checks[kind][field] == expected
     (problem,) = result.problems
-    assert (problem.container, problem.key) == ("web-1", problem_key)
-    assert str(problem).startswith(f"container web-1: {problem_key}: ")
-    if not kinds:
-        assert result.script == ""
+    assert problem.key == f"label SERVICE_{key}"
+    assert problem.reason == f"{value!r} has no unit; read as {expected} (write {expected})"
+
+
+@pytest.mark.parametrize("word", ["off", "OFF", "false", "no", "0", " Off "])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "CHECK_HTTP",
+        "CHECK_HTTPS",
+        "CHECK_TCP",
+        "CHECK_GRPC",
+        "CHECK_TTL",
+        "CHECK_SCRIPT",
+        "CHECK_DOCKER_HEALTH",
+    ],
+)
+def test_off_words_mean_no_check(key: str, word: str) -> None:
+    result = build({f"SERVICE_{key}": word}, health="healthy", docker_health=True)
+    expected = set() if key == "CHECK_DOCKER_HEALTH" else {"docker-health"}
+    assert set(by_kind(result)) == expected
+    assert result.problems == ()
+    assert result.script == ""
 
 
 @pytest.mark.parametrize(

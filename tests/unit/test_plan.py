@@ -471,6 +471,60 @@ def test_releasing_an_id_hands_it_to_its_contenders(
     assert outcome.hand_over == hand_over
 
 
+# --- ids someone else holds in Consul (issue 12, item 4) --------------------------------------
+
+BY_HAND = "a registration not made by registrator (Meta owner=ops)"
+OTHER_NODE = "the registrator of node 'node2' (container fedcba987654)"
+
+
+@pytest.mark.parametrize(
+    ("foreign", "own", "written"),
+    [
+        pytest.param({}, False, True, id="nobody else holds it: registered"),
+        pytest.param({"shared": BY_HAND}, False, False, id="registered by hand: it wins"),
+        pytest.param({"shared": OTHER_NODE}, False, False, id="another node's registrator wins"),
+        pytest.param({"other-id": BY_HAND}, False, True, id="a foreign entry under another id"),
+        pytest.param(
+            {"shared": BY_HAND}, True, True, id="this container wrote it since the listing"
+        ),
+    ],
+)
+def test_foreign_holder_wins(foreign: dict[str, str], own: bool, written: bool) -> None:
+    container = make_container(labels=SHARED)
+    (service,) = services_of(container)
+    held = holding(service) if own else {}
+    outcome = plan_container(
+        CONTAINER_ID, container, Holdings(held, {}, foreign=foreign), make_context()
+    )
+    assert [s.id for s in outcome.services] == (["shared"] if written else [])
+    assert outcome.foreign == (() if written else ("shared",))
+    # Never written, and never deregistered: it is not ours (held unchanged: no write).
+    assert bool(outcome.plan.register) is (written and not own)
+    assert outcome.plan.deregister == ()
+    assert outcome.contested == ()
+    messages = [p for p in outcome.problems or () if "Consul already holds" in p]
+    assert messages == (
+        []
+        if written
+        else [
+            f"container web-1: service id 'shared': Consul already holds it for "
+            f"{foreign['shared']}, not for registrator on node 'node1'; not taken over, "
+            "registered once that entry is gone"
+        ]
+    )
+
+
+def test_misconfigured_check_is_reported_critical_with_its_notes() -> None:
+    container = make_container(labels={"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TIMEOUT": "soon"})
+    outcome = plan_container(CONTAINER_ID, container, holdings({}), make_context())
+    (service,) = outcome.services
+    (check,) = [c for c in service.checks if c.kind is CheckKind.MISCONFIGURED]
+    assert outcome.check_updates == (
+        CheckUpdate(check.check_id, "critical", str(check.fields["Notes"]), 24 * 3600 / 3),
+    )
+    assert str(check.fields["Notes"]).startswith("label SERVICE_CHECK_TIMEOUT: 'soon' is not")
+
+
 CHECKS = {
     "_service_maintenance:web": {"ServiceID": "web", "Notes": DRAIN_REASON},
     "_service_maintenance:api": {"ServiceID": "api", "Notes": "operator: disk swap"},

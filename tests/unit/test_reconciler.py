@@ -242,6 +242,60 @@ async def test_kept_container_is_never_passing(docker: FakeDocker, consul: FakeC
     assert len(consul.check_updates) == sent
 
 
+async def test_event_driven_first_write_asks_consul_and_a_foreign_holder_wins(
+    docker: FakeDocker, consul: FakeConsul, caplog: pytest.LogCaptureFixture
+) -> None:
+    consul.entries["db-manual"] = {
+        "ID": "db-manual",
+        "Service": "db",
+        "Address": "192.0.2.71",
+        "Port": 4711,
+        "Meta": {"owner": "ops"},
+    }
+    docker.run(A, "web", labels={"SERVICE_ID": "db-manual", "SERVICE_NAME": "db"})
+    r = reconciler(docker, consul)
+    with caplog.at_level(logging.WARNING):
+        r.mark(A)
+        await r.idle()
+        await r.full_reconcile()
+        await r.full_reconcile()
+    assert consul.registers == []
+    assert consul.entries["db-manual"]["Meta"] == {"owner": "ops"}
+    held_by_ops = [m for m in caplog.messages if "Consul already holds it" in m]
+    assert held_by_ops == [
+        "container web: service id 'db-manual': Consul already holds it for a registration "
+        f"not made by registrator (Meta owner=ops), not for registrator on node {NODE!r}; "
+        "not taken over, registered once that entry is gone"
+    ]
+    # Removed by its owner: the next full reconcile registers ours, without a look-up.
+    del consul.entries["db-manual"]
+    looked_up = consul.calls["service"]
+    await r.full_reconcile()
+    assert consul.registers == ["db-manual"]
+    assert consul.calls["service"] == looked_up
+    # Our container removed: ours is deregistered.
+    docker.remove(A)
+    r.mark(A)
+    await r.idle()
+    assert consul.deregisters == ["db-manual"]
+
+
+async def test_unchanged_full_reconcile_and_known_ids_cost_no_look_up(
+    docker: FakeDocker, consul: FakeConsul
+) -> None:
+    docker.run(A, "web")
+    r = reconciler(docker, consul)
+    r.mark(A)
+    await r.idle()
+    assert consul.calls["service"] == 1  # the first write of the id
+    await r.full_reconcile()
+    r.mark(A)
+    await r.idle()
+    await r.full_reconcile()
+    assert consul.calls["service"] == 1
+    assert consul.registers == [sid("web")]
+
+
 async def test_unchanged_resync_writes_nothing(docker: FakeDocker, consul: FakeConsul) -> None:
     labels = {"SERVICE_CHECK_SCRIPT": "true", "SERVICE_CHECK_TCP": "true"}
     docker.run(A, "web", labels=labels)
