@@ -94,6 +94,9 @@ def start_pair(
     """Agents of two nodes, each tagging its entries with its own node name (for DNS)."""
     uri = f"consul://{consul.http_addr}"
     node_a, node_b = unique_node("hb"), unique_node("hb")
+    # -ip: published ports at an address asked for, so Consul's HTTP checks probe loopback and
+    # never the host's own primary address (which the default would choose).
+    flags = ("-ip", "127.0.0.1", *flags)
     a = start_process(*flags, "-tags", node_a, node=node_a, consul=uri)
     b = start_process(*flags, "-tags", node_b, node=node_b, consul=uri)
     return a, node_a, b, node_b
@@ -175,7 +178,7 @@ def test_restarted_agent_resumes_the_heartbeat_without_a_critical_moment(
     container = web(containers, docker_network, f"hb-{secrets.token_hex(3)}")
     uri = f"consul://{consul.http_addr}"
     node = unique_node("hb")
-    first = start_process("-node-ttl", str(ttl), node=node, consul=uri)
+    first = start_process("-ip", "127.0.0.1", "-node-ttl", str(ttl), node=node, consul=uri)
     sid = f"{node}:{container.name}:80"
     wait_until(lambda: all_passing(consul, sid), timeout=20, message=f"{sid} never passed")
     seen: list[str] = []
@@ -188,7 +191,9 @@ def test_restarted_agent_resumes_the_heartbeat_without_a_critical_moment(
 
     first.signal(how)
     first.wait_exit()
-    second = start_process("-node-ttl", str(ttl), node=node, consul=uri, wait=False)
+    second = start_process(
+        "-ip", "127.0.0.1", "-node-ttl", str(ttl), node=node, consul=uri, wait=False
+    )
     watch_until(time.monotonic() + 0.5)
     second.wait_ready(timeout=30)
     # Past the point where the old heartbeat would have expired without the new agent.

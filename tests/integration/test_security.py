@@ -462,8 +462,9 @@ def _cycle_through_proxy(
     paths = [f"{r.method} {r.path}" for r in proxy.requests]
     endpoints = {r.endpoint for r in proxy.requests}
     if _swarm_manager():
-        # Another run on this engine made it a Swarm manager: services are read, as documented.
-        endpoints -= {"GET /services", "GET /services/{id}"}
+        # Another run on this engine made it a Swarm manager: services and nodes are read (the
+        # leader reaps lost nodes), as documented.
+        endpoints -= {"GET /services", "GET /services/{id}", "GET /nodes", "GET /nodes/{id}"}
     return endpoints, paths, container.id
 
 
