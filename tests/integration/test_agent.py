@@ -499,7 +499,7 @@ async def test_unchanged_resync_sends_no_writes_to_consul(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="registrator")
-    running = await start_agent("-resync", "1", "-explicit")
+    running = await start_agent("-ip", "127.0.0.1", "-resync", "1", "-explicit")
     app = await run(
         containers,
         "steady",
@@ -572,7 +572,7 @@ async def test_bad_labels_are_logged_with_container_and_key_and_the_service_regi
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="registrator")
-    running = await start_agent()
+    running = await start_agent("-ip", "127.0.0.1")
     app = await run(
         containers,
         "badlabels",

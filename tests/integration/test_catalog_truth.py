@@ -81,7 +81,7 @@ async def test_malformed_check_key_makes_the_service_critical_in_consul(
     kinds: set[str],
     output: str,
 ) -> None:
-    running = await start_agent("-resync", "1")
+    running = await start_agent("-ip", "127.0.0.1", "-resync", "1")
     name = unique("misconf")
     with caplog.at_level(logging.WARNING):
         box = await run(
@@ -118,7 +118,7 @@ async def test_bare_whole_numbers_are_seconds_and_said_once(
     consul: ConsulAgent,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    running = await start_agent("-resync", "1")
+    running = await start_agent("-ip", "127.0.0.1", "-resync", "1")
     with caplog.at_level(logging.WARNING):
         box = await run(
             containers,

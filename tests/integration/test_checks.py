@@ -8,7 +8,8 @@ Other sessions may share the Docker engine, and the agent registers their contai
 assertion is about this test's own service ids, and service names are made unique.
 
 Where checks probe: outside `-internal`, a service is registered at its published host port and
-the Consul agent's address (127.0.0.1 here), so Consul probes through Docker's userland proxy.
+`-ip 127.0.0.1`, so Consul probes through Docker's userland proxy and never the host's primary
+address, which the default would choose (issue 12's test-safety rule).
 That proxy accepts every TCP connection itself, listener or not, so a TCP check through it can
 never fail; the TCP test therefore runs with `-internal`, where the check dials the container's
 own bridge address, which the Consul agent on the host reaches directly.
@@ -167,7 +168,7 @@ def check_id(sid: str, kind: str) -> str:
 async def test_http_check_follows_httpd(
     start_agent: StartAgent, consul: ConsulAgent, containers: ContainerFactory
 ) -> None:
-    running = await start_agent()
+    running = await start_agent("-ip", "127.0.0.1")
     web = await run_container(
         containers,
         "http",
@@ -187,7 +188,7 @@ async def test_http_check_follows_httpd(
     assert passing["Type"] == "http"
     assert passing["Interval"] == "1s"
     assert passing["Timeout"] == "1s"
-    # It probes what was registered: the published port at the Consul agent's address.
+    # It probes what was registered: the published port at the address asked for.
     assert service["Address"] == "127.0.0.1"
     url = f"http://{service['Address']}:{service['Port']}/index.html"
     assert f"HTTP GET {url}: 200 OK" in passing["Output"]
@@ -352,7 +353,7 @@ async def test_docker_healthcheck_is_mirrored(
 async def test_https_and_grpc_checks_are_accepted_and_run(
     start_agent: StartAgent, consul: ConsulAgent, containers: ContainerFactory
 ) -> None:
-    running = await start_agent()
+    running = await start_agent("-ip", "127.0.0.1")
     web = await run_container(
         containers,
         "tls",
@@ -407,7 +408,7 @@ async def test_unchanged_resyncs_neither_reregister_nor_flap(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="registrator")
-    running = await start_agent("-resync", "1")
+    running = await start_agent("-ip", "127.0.0.1", "-resync", "1")
     name = unique("chk-three")
     web = await run_container(
         containers,
@@ -467,7 +468,7 @@ async def test_bad_interval_keeps_the_checks_and_adds_a_critical_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="registrator")
-    running = await start_agent("-resync", "1")
+    running = await start_agent("-ip", "127.0.0.1", "-resync", "1")
     web = await run_container(
         containers,
         "banana",

@@ -6,7 +6,9 @@ The agent runs in-process (`start_agent`, tests/integration/conftest.py). Servic
 random suffix and every assertion is about this test's own service ids: other sessions may share
 the Docker engine, and the agent registers their containers too. Sidecars get explicit public
 ports (SERVICE_CONNECT_SIDECAR_PORT) picked free on this host, instead of Consul's 21000-21255
-range that concurrent sessions would all draw from.
+range that concurrent sessions would all draw from. Agents run with `-ip 127.0.0.1`: Consul's
+default sidecar check and the proxies' mTLS traffic go to the registered address, which must not
+be the host's primary address (issue 12's test-safety rule).
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ async def test_sidecars_carry_mtls_traffic_until_an_intention_denies_it(
     connect_proxy: ProxyFactory,
     tmp_path: Path,
 ) -> None:
-    running = await start_agent()
+    running = await start_agent("-ip", "127.0.0.1")
     frontend_name, backend_name = unique("frontend"), unique("backend")
     upstream_port, frontend_public, backend_public = free_ports(3)
 
@@ -273,7 +275,7 @@ async def test_sidecars_carry_mtls_traffic_until_an_intention_denies_it(
 async def test_removing_the_container_removes_service_and_sidecar(
     start_agent: StartAgent, consul: ConsulAgent, containers: ContainerFactory
 ) -> None:
-    running = await start_agent()
+    running = await start_agent("-ip", "127.0.0.1")
     sidecar_port = free_ports(1)[0]
     name = unique("backend")
     backend = await run_container(

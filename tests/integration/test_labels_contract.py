@@ -68,7 +68,7 @@ async def test_per_protocol_names_and_range_ignore(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="registrator")
-    running = await start_agent()
+    running = await start_agent("-ip", "127.0.0.1")
     name = unique("dns")
     container = await run(
         containers,
