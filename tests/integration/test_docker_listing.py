@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from registrator.docker import DockerClient
-from tests.helpers import ContainerFactory
+from tests.helpers import ContainerFactory, docker_host
 
 pytestmark = pytest.mark.docker
 
@@ -17,7 +17,7 @@ async def test_list_keeps_only_id_and_state_of_running_and_stopped_containers(
     running = containers.run("running", labels={"a.label": "x"}, ports={"80/tcp": None})
     stopped = containers.run("stopped", command=["true"])
     stopped.wait(timeout=30)
-    async with DockerClient("unix:///var/run/docker.sock") as docker:
+    async with DockerClient(docker_host()) as docker:  # the lane's engine
         await docker.negotiate()
         listed = {item["Id"]: item for item in await docker.list_containers()}
     assert listed[running.id] == {"Id": running.id, "State": "running"}
