@@ -90,6 +90,7 @@ def test_agent_follows_a_dockerd_restart(
             return {
                 entry["Meta"][META_CONTAINER]: entry["Port"]
                 for entry in owned_services(consul, node).values()
+                if META_CONTAINER in entry["Meta"]  # not the node's own heartbeat service
             }
 
         wait_until(
