@@ -326,6 +326,20 @@ class ConsulAgent:
         except (OSError, ConsulHTTPError):
             return ""
 
+    def token_resolves(self) -> bool:
+        """True once the client's token is known to the ACL system (or no token is sent).
+
+        A leader is not enough with ACLs: Consul inserts `initial_management` a moment after the
+        election, and requests in that window fail with "ACL not found".
+        """
+        if not self.token:
+            return True
+        try:
+            self.get("/v1/acl/token/self")
+        except (OSError, ConsulHTTPError):
+            return False
+        return True
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def with_token(self, token: str | None) -> ConsulAgent:
@@ -432,7 +446,8 @@ def make_consul_agent(
     start_timeout: float = CONSUL_START_TIMEOUT,
     attempts: int = 3,
 ) -> ConsulAgent:
-    """Starts a `consul agent -dev` on 127.0.0.1 with free ports and waits until it has a leader.
+    """Starts a `consul agent -dev` on 127.0.0.1 with free ports and waits until it has a leader
+    (and, with `token`, until that token resolves).
 
     `config` (e.g. ACL or TLS settings) is written to a JSON file passed with -config-file;
     `extra_args` go last on the command line. `token` is the token the returned client sends
@@ -477,7 +492,7 @@ def make_consul_agent(
         )
         deadline = time.monotonic() + start_timeout
         while agent.is_running() and time.monotonic() < deadline:
-            if agent.leader():
+            if agent.leader() and agent.token_resolves():
                 return agent
             time.sleep(0.1)
         agent.stop()
@@ -488,7 +503,8 @@ def make_consul_agent(
         if "address already in use" not in log_tail.lower():
             break
     raise RuntimeError(
-        f"consul agent did not get a leader within {start_timeout:.0f} s\n" + "\n".join(failures)
+        f"consul agent not ready (a leader, and its token resolving) within {start_timeout:.0f} s\n"
+        + "\n".join(failures)
     )
 
 
