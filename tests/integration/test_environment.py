@@ -189,14 +189,15 @@ def test_consul_factory_starts_an_agent_with_acls(
             "tokens": {"initial_management": "root-token"},
         }
     }
-    secured = consul_factory(config=config)
+    # With the token given, the factory waits until Consul knows it (not only for a leader).
+    secured = consul_factory(config=config, token="root-token")
     anonymous = secured.with_token(None)
 
     with pytest.raises(ConsulHTTPError) as denied:
         anonymous.put("/v1/agent/service/register", _service("s-1", "s", "198.18.64.30", 1))
     assert denied.value.status == 403
 
-    admin = secured.with_token("root-token")
+    admin = secured
     admin.put("/v1/agent/service/register", _service("s-1", "s", "198.18.64.30", 1))
     assert set(admin.services()) == {"s-1"}
     admin.reset()
