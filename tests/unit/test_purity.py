@@ -17,12 +17,14 @@ import pytest
 import registrator
 
 PACKAGE = Path(registrator.__file__).resolve().parent
-# connect.py, swarm.py, vocabulary.py and reaping.py are here because planner.py imports them.
+# connect.py, swarm.py, vocabulary.py, endpoints.py and reaping.py are here because planner.py
+# imports them.
 PURE = (
     "model",
     "labels",
     "checks",
     "planner",
+    "endpoints",
     "payload",
     "settings",
     "containers",
