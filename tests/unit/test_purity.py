@@ -1,7 +1,7 @@
 """The planner's modules stay pure: no I/O libraries, no environment, only pure neighbours.
 
 That is what lets every other unit test run without Docker, Consul or an event loop, and what
-keeps configuration in one place (cli.py hands the environment to settings.parse_args).
+keeps configuration in one place (cli.py hands the environment to arguments.parse_args).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ PURE = (
     "endpoints",
     "payload",
     "settings",
+    "option_values",
+    "arguments",
     "containers",
     "connect",
     "swarm",
