@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from registrator.addresses import is_loopback
 from registrator.labels import IP_OPT_IN, Metadata, service_metadata
@@ -24,6 +25,19 @@ from registrator.swarm import is_vip_key
 from registrator.vocabulary import port_number
 
 INGRESS_NETWORK = "ingress"
+
+
+class EndpointContext(Protocol):
+    """What the choice reads of the planner's PlanContext (a Protocol, so that this module
+    need not import the planner)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def default_address(self) -> str:
+        """The node's address when nothing more specific is known ("" if none)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -38,19 +52,14 @@ class Endpoint:
 
 
 def container_endpoints(
-    container: Container,
-    base: Metadata,
-    settings: Settings,
-    default_address: str,
-    problems: list[Problem],
+    container: Container, ctx: EndpointContext, base: Metadata, problems: list[Problem]
 ) -> list[Endpoint]:
     """The ports to register and where each is reached; SERVICE_PORT when no port is usable.
 
-    `base` is the container-wide SERVICE_* metadata; `default_address` is the node's address
-    when nothing more specific is known ("" if none).
+    `base` is the container-wide SERVICE_* metadata.
     """
-    return _endpoints(container, base, settings, default_address, problems) or (
-        _synthetic_endpoint(container, base, settings, default_address, problems)
+    return _endpoints(container, ctx, base, problems) or (
+        _synthetic_endpoint(container, ctx, base, problems)
     )
 
 
@@ -125,21 +134,17 @@ def _ingress_port(container: Container, port: ContainerPort) -> int:
 
 
 def _endpoints(
-    container: Container,
-    base: Metadata,
-    settings: Settings,
-    default_address: str,
-    problems: list[Problem],
+    container: Container, ctx: EndpointContext, base: Metadata, problems: list[Problem]
 ) -> list[Endpoint]:
-    host_address = settings.ip or default_address
+    host_address = ctx.settings.ip or ctx.default_address
     ports = _ports(container)
     if container.network_mode == "host":
         return [Endpoint(p.port, p.protocol, host_address, p.port) for p in ports]
-    if settings.internal or is_vip_key(container.id):
+    if ctx.settings.internal or is_vip_key(container.id):
         if not ports:
             # Nothing to register here; `_synthetic_endpoint` chooses (and warns) itself.
             return []
-        preferred, origin = _preferred_network(base, settings)
+        preferred, origin = _preferred_network(base, ctx)
         network = choose_network(container, preferred, problems, origin)
         if network is None:
             if is_vip_key(container.id):
@@ -169,7 +174,7 @@ def _endpoints(
                 )
                 address = binding.host_ip
             else:
-                address = _published_address(binding, settings, default_address)
+                address = _published_address(binding, ctx)
                 if not address and binding.host_ip == "::":
                     problems.append(
                         Problem(
@@ -190,11 +195,11 @@ def _endpoints(
     return endpoints
 
 
-def _preferred_network(base: Metadata, settings: Settings) -> tuple[str, str]:
+def _preferred_network(base: Metadata, ctx: EndpointContext) -> tuple[str, str]:
     """The network asked for, and the label/env var or option that asked for it."""
     if base.get("NETWORK"):
         return base.get("NETWORK"), base.origin("NETWORK")
-    return settings.network, "REGISTRATOR_NETWORK"
+    return ctx.settings.network, "REGISTRATOR_NETWORK"
 
 
 def _pick_binding(port: ContainerPort) -> PortBinding | None:
@@ -218,25 +223,21 @@ def _is_specific(host_ip: str) -> bool:
     return host_ip not in {"", "0.0.0.0", "::"}
 
 
-def _published_address(binding: PortBinding, settings: Settings, default_address: str) -> str:
+def _published_address(binding: PortBinding, ctx: EndpointContext) -> str:
     """Where clients reach a published port; "" when only an IPv6 one would do and none is known.
 
     A port bound on `::` alone is not reachable over IPv4, so it is registered at an IPv6
     address of this host (-ip, or the default address when that is IPv6) or not at all.
     """
     if binding.host_ip == "::":
-        return next((a for a in (settings.ip, default_address) if ":" in a), "")
-    if settings.ip:
-        return settings.ip
-    return binding.host_ip if _is_specific(binding.host_ip) else default_address
+        return next((a for a in (ctx.settings.ip, ctx.default_address) if ":" in a), "")
+    if ctx.settings.ip:
+        return ctx.settings.ip
+    return binding.host_ip if _is_specific(binding.host_ip) else ctx.default_address
 
 
 def _synthetic_endpoint(
-    container: Container,
-    base: Metadata,
-    settings: Settings,
-    default_address: str,
-    problems: list[Problem],
+    container: Container, ctx: EndpointContext, base: Metadata, problems: list[Problem]
 ) -> list[Endpoint]:
     """SERVICE_PORT on a container with no usable ports: register that port."""
     raw = base.get("PORT").strip()
@@ -253,9 +254,9 @@ def _synthetic_endpoint(
         )
         return []
     if container.network_mode == "host":
-        address = settings.ip or default_address
+        address = ctx.settings.ip or ctx.default_address
     else:
-        preferred, origin = _preferred_network(base, settings)
+        preferred, origin = _preferred_network(base, ctx)
         network = choose_network(container, preferred, problems, origin)
         if network is None:
             problems.append(
@@ -270,12 +271,12 @@ def _synthetic_endpoint(
     return [Endpoint(port, "tcp", address, port)]
 
 
-def address_from_label(container: Container, settings: Settings, problems: list[Problem]) -> str:
+def address_from_label(container: Container, ctx: EndpointContext, problems: list[Problem]) -> str:
     """-useIpFromLabel LABEL: the address in that container label, "" when none is usable."""
-    if not settings.use_ip_from_label or settings.use_ip_from_label == IP_OPT_IN:
+    if not ctx.settings.use_ip_from_label or ctx.settings.use_ip_from_label == IP_OPT_IN:
         # SERVICE_IP is read per port with the other SERVICE_* keys (labels.address_override).
         return ""
-    raw = container.labels.get(settings.use_ip_from_label, "").strip()
+    raw = container.labels.get(ctx.settings.use_ip_from_label, "").strip()
     if not raw:
         return ""
     # gliderlabs accepted CIDR notation here (e.g. from IPAM labels); keep the address part.
@@ -286,7 +287,7 @@ def address_from_label(container: Container, settings: Settings, problems: list[
         problems.append(
             Problem(
                 container.name,
-                f"label {settings.use_ip_from_label}",
+                f"label {ctx.settings.use_ip_from_label}",
                 f"{raw!r} is not an IP address; ignored",
             )
         )

@@ -146,10 +146,8 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
     if is_true_ignore(base.get("IGNORE")):
         return ContainerPlan((), tuple(problems.items))
 
-    endpoints = container_endpoints(
-        container, base, ctx.settings, ctx.default_address, problems.items
-    )
-    label_address = address_from_label(container, ctx.settings, problems.items)
+    endpoints = container_endpoints(container, ctx, base, problems.items)
+    label_address = address_from_label(container, ctx, problems.items)
     default_name = default_service_name(container)
     global_tags = parse_tags(expand_template(ctx.settings.tags, container, ctx.node))
 
