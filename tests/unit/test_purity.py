@@ -18,7 +18,8 @@ import registrator
 
 PACKAGE = Path(registrator.__file__).resolve().parent
 # connect.py, swarm.py, vocabulary.py, endpoints.py and reaping.py are here because planner.py
-# imports them.
+# imports them; option_values.py because settings.py does; arguments.py (argv + an environment
+# mapping → Settings) because configuration is parsed without touching the process.
 PURE = (
     "model",
     "labels",
