@@ -26,9 +26,9 @@ from pathlib import Path
 from bench.docker_proxy import ThreadedDockerProxy
 from bench.env import RUN_LABEL, AsyncConsul, BenchEnv, BenchError, Goal, Table, ms, quote
 from registrator.agent import Agent
+from registrator.arguments import parse_args
 from registrator.consul import ConsulClient
 from registrator.docker import DockerClient
-from registrator.settings import parse_args
 
 LIST = "GET /containers/json"
 INSPECT = "GET /containers/{id}/json"

@@ -58,8 +58,9 @@ def agent_args(argv: Sequence[str]) -> list[str]:
 
 def read_options(argv: Sequence[str], environ: dict[str, str]) -> Options | None:
     """None when the options do not parse: the agent then says why itself (exit 2)."""
+    from registrator.arguments import parse_args
     from registrator.cli import docker_host
-    from registrator.settings import ConfigError, parse_args
+    from registrator.settings import ConfigError
 
     try:
         command = parse_args(agent_args(argv), environ)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from registrator.docker import ExecResult
-from registrator.settings import ConsulEndpoint
+from registrator.option_values import ConsulEndpoint
 
 
 class DockerAPI(Protocol):

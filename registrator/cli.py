@@ -20,6 +20,7 @@ from pathlib import Path
 from registrator import __version__
 from registrator.addresses import explained_address
 from registrator.agent import Agent, StartupError, plan_context
+from registrator.arguments import parse_args, usage
 from registrator.consul import ConsulClient, ConsulError, ssl_context
 from registrator.containers import parse_container
 from registrator.docker import DockerClient, DockerError
@@ -27,7 +28,7 @@ from registrator.hostnet import host_address
 from registrator.http import serve
 from registrator.payload import registration
 from registrator.planner import desired_services, keeps_registrations
-from registrator.settings import ConfigError, LogFormat, Settings, parse_args, usage
+from registrator.settings import ConfigError, LogFormat, Settings
 
 log = logging.getLogger("registrator")
 

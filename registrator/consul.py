@@ -26,7 +26,7 @@ from tenacity import (
 
 from registrator.apiclient import APIError, JSONClient
 from registrator.ids import path_segment
-from registrator.settings import ConsulEndpoint
+from registrator.option_values import ConsulEndpoint
 
 
 class ConsulError(APIError):

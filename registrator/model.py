@@ -123,7 +123,7 @@ class Container:
     # State.StartedAt (RFC 3339 with nanoseconds, UTC; "" if it never started).
     started_at: str = ""
     # `--network container:X`: the container X whose network stack this one shares, as the
-    # shell read it (None: not read, or gone). See planner.on_owner_stack.
+    # shell read it (None: not read, or gone). See endpoints.on_owner_stack.
     network_owner: Container | None = None
 
     @property

@@ -2,21 +2,20 @@
 
 No I/O here. Everything the planner needs from outside (node name, the default address,
 options) arrives in a PlanContext, and everything it cannot honour leaves as a Problem.
+Which address and port each service is reached at is endpoints.py's choice.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from registrator import checks as checks_mod
-from registrator.addresses import is_loopback
 from registrator.connect import build_connect
+from registrator.endpoints import Endpoint, address_from_label, container_endpoints, on_owner_stack
 from registrator.ids import unaddressable
 from registrator.labels import (
-    IP_OPT_IN,
     Metadata,
     address_override,
     is_true_ignore,
@@ -34,11 +33,8 @@ from registrator.model import (
     OWNER_SOURCE,
     CheckKind,
     Container,
-    ContainerPort,
     HeldService,
-    NetworkAttachment,
     Plan,
-    PortBinding,
     Problem,
     Service,
 )
@@ -46,12 +42,11 @@ from registrator.payload import payload_hash
 from registrator.reaping import heartbeat_service_id
 from registrator.settings import DeregisterMode, Settings
 from registrator.swarm import is_vip_key, task_service_id
-from registrator.vocabulary import expand_template, port_number
+from registrator.vocabulary import expand_template
 
 LABEL_SWARM_SERVICE = "com.docker.swarm.service.name"
 LABEL_STACK_NAMESPACE = "com.docker.stack.namespace"
 LABEL_COMPOSE_SERVICE = "com.docker.compose.service"
-INGRESS_NETWORK = "ingress"
 
 
 @dataclass(frozen=True)
@@ -68,17 +63,6 @@ class PlanContext:
 class ContainerPlan:
     services: tuple[Service, ...]
     problems: tuple[Problem, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Endpoint:
-    """One port to register: which container port it is, and where clients reach it."""
-
-    container_port: int
-    protocol: str
-    address: str
-    port: int
-    tagged_addresses: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,208 +115,6 @@ def keeps_registrations(container: Container, mode: DeregisterMode) -> bool:
     return 0 < container.exit_code <= 128
 
 
-def choose_network(
-    container: Container,
-    preferred: str,
-    problems: _Problems,
-    origin: str = "REGISTRATOR_NETWORK",
-) -> NetworkAttachment | None:
-    """The network whose address to register; `origin` names where `preferred` came from."""
-    attached = [n for n in container.networks if n.address]
-    if preferred:
-        for network in attached:
-            if network.name == preferred:
-                return network
-        problems.add(
-            origin,
-            f"container is not on network {preferred!r} "
-            f"(it is on: {', '.join(n.name for n in attached) or 'none'}); choosing another",
-        )
-    candidates = [n for n in attached if n.name != INGRESS_NETWORK]
-    if not candidates:
-        return None
-    if len(candidates) > 1:
-        chosen = sorted(candidates, key=lambda n: n.name)[0]
-        problems.add(
-            "SERVICE_NETWORK",
-            f"container is on several networks ({', '.join(sorted(n.name for n in candidates))}); "
-            f"registering its address on {chosen.name!r}, the first by name; set SERVICE_NETWORK "
-            "or REGISTRATOR_NETWORK to choose",
-        )
-        return chosen
-    return candidates[0]
-
-
-def _ports(container: Container) -> tuple[ContainerPort, ...]:
-    """The container's ports, plus the targets its Swarm service publishes.
-
-    A Swarm service may publish a port its image never EXPOSEs; the publication says the
-    port is served just as clearly.
-    """
-    if container.swarm_service is None:
-        return container.ports
-    ports = {(p.port, p.protocol): p for p in container.ports}
-    for published in container.swarm_service.ports:
-        ports.setdefault(
-            (published.target, published.protocol),
-            ContainerPort(published.target, published.protocol),
-        )
-    return tuple(ports[key] for key in sorted(ports))
-
-
-def _ingress_port(container: Container, port: ContainerPort) -> int:
-    """The routing-mesh port published for this container port, if its service has one."""
-    if container.swarm_service is None:
-        return 0
-    for published in container.swarm_service.ports:
-        if (
-            published.mode == "ingress"
-            and published.published
-            and (published.target, published.protocol) == (port.port, port.protocol)
-        ):
-            return published.published
-    return 0
-
-
-def _endpoints(
-    container: Container, ctx: PlanContext, base: Metadata, problems: _Problems
-) -> list[_Endpoint]:
-    host_address = ctx.settings.ip or ctx.default_address
-    ports = _ports(container)
-    if container.network_mode == "host":
-        return [_Endpoint(p.port, p.protocol, host_address, p.port) for p in ports]
-    if ctx.settings.internal or is_vip_key(container.id):
-        if not ports:
-            # Nothing to register here; `_synthetic_endpoint` chooses (and warns) itself.
-            return []
-        preferred, origin = _preferred_network(base, ctx)
-        network = choose_network(container, preferred, problems, origin)
-        if network is None:
-            if is_vip_key(container.id):
-                problems.add(
-                    "-swarm-vip", "service has no virtual IP on a usable network; not registered"
-                )
-            else:
-                problems.add("-internal", "container has no address on any network; not registered")
-            return []
-        tagged = network.tagged_addresses()
-        return [_Endpoint(p.port, p.protocol, network.address, p.port, tagged) for p in ports]
-    endpoints = []
-    for port in ports:
-        binding = _pick_binding(port)
-        if binding is not None:
-            if is_loopback(binding.host_ip):
-                # `-p 127.0.0.1:8080:80` was asked for: the port is served there and nowhere
-                # else, so -ip or the node address would name a port nothing listens on.
-                problems.add(
-                    f"published port {binding.host_ip}:{binding.host_port}->{port.port}/"
-                    f"{port.protocol}",
-                    "published on a loopback address only: registered at it, so it is "
-                    "reachable from this host only (publish on 0.0.0.0 or a LAN address to "
-                    "serve other hosts)",
-                )
-                address = binding.host_ip
-            else:
-                address = _published_address(binding, ctx)
-                if not address and binding.host_ip == "::":
-                    problems.add(
-                        f"port {port.port}/{port.protocol}",
-                        "published on IPv6 (::) only and no IPv6 address of this host is known "
-                        "(set -ip to one); not registered",
-                    )
-                    continue
-            endpoints.append(_Endpoint(port.port, port.protocol, address, binding.host_port))
-            continue
-        # Published through the routing mesh: every node answers on the published port, so
-        # this node's address serves this task as well as any.
-        ingress = _ingress_port(container, port)
-        if ingress:
-            endpoints.append(_Endpoint(port.port, port.protocol, host_address, ingress))
-    return endpoints
-
-
-def _preferred_network(base: Metadata, ctx: PlanContext) -> tuple[str, str]:
-    """The network asked for, and the label/env var or option that asked for it."""
-    if base.get("NETWORK"):
-        return base.get("NETWORK"), base.origin("NETWORK")
-    return ctx.settings.network, "REGISTRATOR_NETWORK"
-
-
-def _pick_binding(port: ContainerPort) -> PortBinding | None:
-    """Docker lists a 0.0.0.0 and a :: binding for one `-p`; one registration serves both.
-
-    A specific IPv4 binding is the most deliberate choice, then any IPv4, then IPv6, and a
-    loopback one only when there is nothing else.
-    """
-
-    def rank(binding: PortBinding) -> int:
-        if is_loopback(binding.host_ip):
-            return 3  # serves this host only: the last choice
-        if ":" in binding.host_ip:
-            return 2
-        return 0 if _is_specific(binding.host_ip) else 1
-
-    return min(port.bindings, key=rank, default=None)
-
-
-def _is_specific(host_ip: str) -> bool:
-    return host_ip not in {"", "0.0.0.0", "::"}
-
-
-def _published_address(binding: PortBinding, ctx: PlanContext) -> str:
-    """Where clients reach a published port; "" when only an IPv6 one would do and none is known.
-
-    A port bound on `::` alone is not reachable over IPv4, so it is registered at an IPv6
-    address of this host (-ip, or the default address when that is IPv6) or not at all.
-    """
-    if binding.host_ip == "::":
-        return next((a for a in (ctx.settings.ip, ctx.default_address) if ":" in a), "")
-    if ctx.settings.ip:
-        return ctx.settings.ip
-    return binding.host_ip if _is_specific(binding.host_ip) else ctx.default_address
-
-
-def _synthetic_endpoint(
-    container: Container, ctx: PlanContext, base: Metadata, problems: _Problems
-) -> list[_Endpoint]:
-    """SERVICE_PORT on a container with no usable ports: register that port."""
-    raw = base.get("PORT").strip()
-    if not raw:
-        return []
-    port = port_number(raw)
-    if port is None:
-        problems.add(base.origin("PORT"), f"{raw!r} is not a port number (1-65535); ignored")
-        return []
-    if container.network_mode == "host":
-        address = ctx.settings.ip or ctx.default_address
-    else:
-        preferred, origin = _preferred_network(base, ctx)
-        network = choose_network(container, preferred, problems, origin)
-        if network is None:
-            problems.add(base.origin("PORT"), "container has no network address; not registered")
-            return []
-        return [_Endpoint(port, "tcp", network.address, port, network.tagged_addresses())]
-    return [_Endpoint(port, "tcp", address, port)]
-
-
-def _address_from_label(container: Container, ctx: PlanContext, problems: _Problems) -> str:
-    if not ctx.settings.use_ip_from_label or ctx.settings.use_ip_from_label == IP_OPT_IN:
-        # SERVICE_IP is read per port with the other SERVICE_* keys (labels.address_override).
-        return ""
-    raw = container.labels.get(ctx.settings.use_ip_from_label, "").strip()
-    if not raw:
-        return ""
-    # gliderlabs accepted CIDR notation here (e.g. from IPAM labels); keep the address part.
-    candidate = raw.split("/", 1)[0]
-    try:
-        return str(ipaddress.ip_address(candidate))
-    except ValueError:
-        problems.add(
-            f"label {ctx.settings.use_ip_from_label}", f"{raw!r} is not an IP address; ignored"
-        )
-        return ""
-
-
 def left_to_vip(container: Container, ctx: PlanContext) -> bool:
     """-swarm-vip: this task container's service is registered at its VIP instead.
 
@@ -344,52 +126,6 @@ def left_to_vip(container: Container, ctx: PlanContext) -> bool:
         return False
     service = container.swarm_service
     return service is None or service.endpoint_mode == "vip"
-
-
-def _time_key(rfc3339: str) -> tuple[str, str]:
-    """Docker's UTC times ("2026-11-30T03:59:46.12345Z") in an order that compares: Go drops
-    trailing zeros of the fraction, so the fraction is padded."""
-    head, _, fraction = rfc3339.rstrip("Z").partition(".")
-    return head, fraction.ljust(9, "0")
-
-
-def on_owner_stack(container: Container) -> tuple[Container | None, Problem | None]:
-    """A container started with `--network container:X` has no network of its own: it is
-    reached where X is. Returns the container as planned (X's networks, network mode and, for
-    its own ports, X's bindings: only X can publish them), or None and why.
-
-    Not registered while X does not run (gone, stopped), nor when X started after it: Docker
-    gives a restarted X a new stack and leaves this container in the old one, which has only
-    loopback, until it is restarted itself (measured on dockerd 20.10).
-    """
-    owner = container.network_owner
-    ref = container.network_owner_ref
-    if owner is None or not owner.running:
-        reason = f"shares the network stack of container {ref[:12]}, which does not run"
-        return None, Problem(
-            container.name, f"--network container:{ref[:12]}", f"{reason}; not registered"
-        )
-    if owner.started_at and _time_key(owner.started_at) > _time_key(container.started_at):
-        return None, Problem(
-            container.name,
-            f"--network container:{ref[:12]}",
-            f"shares the network stack of container {owner.name}, which restarted after it; "
-            "Docker left it in the old stack, which has no network; not registered until it "
-            "is restarted too",
-        )
-    published = {(p.port, p.protocol): p.bindings for p in _ports(owner)}
-    ports = {(p.port, p.protocol): p for p in container.ports}
-    wanted = service_metadata(container, None).get("PORT").strip()
-    if wanted.isdigit() and (int(wanted), "tcp") in published:
-        ports.setdefault((int(wanted), "tcp"), ContainerPort(int(wanted), "tcp"))
-    return replace(
-        container,
-        networks=owner.networks,
-        network_mode=owner.network_mode,
-        ports=tuple(
-            replace(port, bindings=published.get(key, ())) for key, port in sorted(ports.items())
-        ),
-    ), None
 
 
 def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
@@ -410,14 +146,12 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
     if is_true_ignore(base.get("IGNORE")):
         return ContainerPlan((), tuple(problems.items))
 
-    endpoints = _endpoints(container, ctx, base, problems) or _synthetic_endpoint(
-        container, ctx, base, problems
-    )
-    label_address = _address_from_label(container, ctx, problems)
+    endpoints = container_endpoints(container, ctx, base, problems.items)
+    label_address = address_from_label(container, ctx, problems.items)
     default_name = default_service_name(container)
     global_tags = parse_tags(expand_template(ctx.settings.tags, container, ctx.node))
 
-    wanted: list[tuple[_Endpoint, Metadata, str]] = []
+    wanted: list[tuple[Endpoint, Metadata, str]] = []
     for endpoint in endpoints:
         metadata = service_metadata(container, endpoint.container_port, endpoint.protocol)
         if is_true_ignore(metadata.get("IGNORE")):
@@ -464,14 +198,14 @@ def _unaddressable(service: Service) -> str:
     return ""
 
 
-def _suffix(endpoint: _Endpoint) -> str:
+def _suffix(endpoint: Endpoint) -> str:
     """What tells one port of a container from its others: `80`, `53:udp`, `9:sctp`."""
     protocol = "" if endpoint.protocol == "tcp" else f":{endpoint.protocol}"
     return f"{endpoint.container_port}{protocol}"
 
 
 def _service_id(
-    container: Container, ctx: PlanContext, metadata: Metadata, endpoint: _Endpoint, several: bool
+    container: Container, ctx: PlanContext, metadata: Metadata, endpoint: Endpoint, several: bool
 ) -> str:
     service_id = metadata.get("ID").strip()
     if service_id and several and "ID" not in metadata.port_scoped:
@@ -507,7 +241,7 @@ def distinct_ids(wanted: Sequence[tuple[str, str]]) -> list[str]:
 
 
 def _report_renamed(
-    wanted: Sequence[tuple[_Endpoint, Metadata, str]], ids: Sequence[str], problems: _Problems
+    wanted: Sequence[tuple[Endpoint, Metadata, str]], ids: Sequence[str], problems: _Problems
 ) -> None:
     renamed: dict[str, list[str]] = {}
     origins: dict[str, list[str]] = {}
@@ -531,7 +265,7 @@ def _service(
     container: Container,
     ctx: PlanContext,
     metadata: Metadata,
-    endpoint: _Endpoint,
+    endpoint: Endpoint,
     service_id: str,
     several: bool,
     default_name: str,

@@ -1,7 +1,7 @@
 """Runs the registrator agent in-process against the real Docker engine and the real Consul agent.
 
 `start_agent(*flags, node=...)` parses gliderlabs-style flags with the package's own parser
-(`registrator.settings.parse_args`), builds the real Docker and Consul clients and runs
+(`registrator.arguments.parse_args`), builds the real Docker and Consul clients and runs
 `Agent.run(stop)` as a task on the test's event loop until `agent.ready`. Every agent gets a
 `-node` of its own (`it-<random>` unless the test passes one), so concurrent tests and test
 sessions sharing the Docker engine never own the same services. Service ids are therefore
@@ -26,10 +26,11 @@ from urllib.parse import quote
 import pytest
 
 from registrator.agent import Agent
+from registrator.arguments import parse_args
 from registrator.consul import ConsulClient
 from registrator.docker import DockerClient
 from registrator.model import META_CONTAINER, META_NODE
-from registrator.settings import Settings, parse_args
+from registrator.settings import Settings
 from tests.helpers import ConsulAgent, ConsulHTTPError, async_wait_until
 
 READY_TIMEOUT = 30.0

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 
 import pytest
 
+from registrator.arguments import parse_args
 from registrator.cli import main, resolve_environment
-from registrator.settings import OPTIONS, ConfigError, Option, parse_args
+from registrator.settings import OPTIONS, ConfigError, Option
 from tests.helpers_cli import run_cli
 
 CANDIDATES = (

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from registrator.consul import ConsulClient, ConsulError
-from registrator.settings import parse_consul_uri
+from registrator.option_values import parse_consul_uri
 from tests.helpers import ConsulAgent, ContainerFactory, NetworkFactory
 from tests.integration.conftest import StartAgent
 

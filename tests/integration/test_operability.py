@@ -32,10 +32,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import registrator.http
 from registrator.agent import Agent
+from registrator.arguments import parse_args
 from registrator.consul import ConsulClient
 from registrator.docker import DockerClient
 from registrator.http import serve
-from registrator.settings import parse_args
 from tests.conftest import StartProcess
 from tests.helpers import ConsulAgent, ContainerFactory, free_port, wait_until
 from tests.helpers import docker_host as lane_docker_host

@@ -18,7 +18,7 @@ from typing import Any
 
 from registrator.consul import ConsulError
 from registrator.docker import DockerError, ExecResult
-from registrator.settings import ConsulEndpoint
+from registrator.option_values import ConsulEndpoint
 from tests.unit.builders import inspect_document
 
 NODE = "node1"

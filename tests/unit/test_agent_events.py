@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from registrator.agent import StartupError, plan_context, swarm_notes
+from registrator.arguments import parse_args
 from registrator.events import (
     event_container_id,
     event_service_id,
@@ -14,7 +15,6 @@ from registrator.events import (
     signal_number,
     since_from_time_nano,
 )
-from registrator.settings import parse_args
 from registrator.swarm import manager_node_id
 
 CID = "c" * 64

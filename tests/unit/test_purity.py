@@ -1,7 +1,7 @@
 """The planner's modules stay pure: no I/O libraries, no environment, only pure neighbours.
 
 That is what lets every other unit test run without Docker, Consul or an event loop, and what
-keeps configuration in one place (cli.py hands the environment to settings.parse_args).
+keeps configuration in one place (cli.py hands the environment to arguments.parse_args).
 """
 
 from __future__ import annotations
@@ -17,14 +17,19 @@ import pytest
 import registrator
 
 PACKAGE = Path(registrator.__file__).resolve().parent
-# connect.py, swarm.py, vocabulary.py and reaping.py are here because planner.py imports them.
+# connect.py, swarm.py, vocabulary.py, endpoints.py and reaping.py are here because planner.py
+# imports them; option_values.py because settings.py does; arguments.py (argv + an environment
+# mapping → Settings) because configuration is parsed without touching the process.
 PURE = (
     "model",
     "labels",
     "checks",
     "planner",
+    "endpoints",
     "payload",
     "settings",
+    "option_values",
+    "arguments",
     "containers",
     "connect",
     "swarm",

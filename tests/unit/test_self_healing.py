@@ -19,8 +19,9 @@ import pytest
 from registrator.agent import Agent
 from registrator.consul import ConsulClient, ConsulError
 from registrator.model import CheckKind, SwarmService
+from registrator.option_values import ConsulEndpoint
 from registrator.reconciler import Reconciler
-from registrator.settings import ConsulEndpoint, Settings
+from registrator.settings import Settings
 from registrator.status import Status
 from registrator.swarm_view import IMAGE_PORTS_KEPT, SwarmView
 from registrator.timing import Timing

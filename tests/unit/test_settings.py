@@ -6,15 +6,14 @@ from typing import Any
 
 import pytest
 
+from registrator.arguments import parse_args, usage
+from registrator.option_values import ConsulEndpoint
 from registrator.settings import (
     OPTIONS,
     ConfigError,
-    ConsulEndpoint,
     DeregisterMode,
     LogFormat,
     Settings,
-    parse_args,
-    usage,
 )
 
 LOCAL_CONSUL = ConsulEndpoint("http", "127.0.0.1", 8500)
