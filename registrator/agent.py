@@ -29,6 +29,7 @@ from registrator.reconciler import Reconciler
 from registrator.settings import Settings
 from registrator.status import Status
 from registrator.swarm import in_swarm, manager_node_id
+from registrator.swarm_view import SwarmView
 from registrator.timing import Timing
 
 log = logging.getLogger(__name__)
@@ -212,14 +213,17 @@ class Agent:
         for warning in address_warnings(self.identity.address, self.settings.internal):
             log.warning("%s", warning)
         node, default_address = self.identity.node, self.identity.default_address
-        self.reconciler = Reconciler(
+        swarm = SwarmView(
             self.docker,
-            self.consul,
-            context,
-            swarm_manager_id=manager_node_id(info),
-            in_swarm=in_swarm(info),
-            status=self.status,
-            timing=self.timing,
+            self.status,
+            self.settings.swarm_vip,
+            manager_node_id(info),
+            in_swarm(info),
+            # The leader's agent reaps lost nodes (-swarm-reap-after), so it needs leadership.
+            watch_leader=self.settings.swarm_reap_after > 0,
+        )
+        self.reconciler = Reconciler(
+            self.docker, self.consul, context, swarm, status=self.status, timing=self.timing
         )
         self.reconciler.on_consul_state_lost = self.request_full_reconcile
         self._node_liveness(info)

@@ -45,23 +45,16 @@ class Reconciler:
         docker: DockerAPI,
         consul: ConsulAPI,
         context: PlanContext,
-        swarm_manager_id: str = "",
-        in_swarm: bool = False,
+        swarm: SwarmView | None = None,
         status: Status | None = None,
         timing: Timing | None = None,
     ) -> None:
+        """`swarm`: this engine's Swarm view, built by the agent from what Docker said at
+        startup (default: not in a swarm); it reports to the same `status`."""
         self.consul = consul
         self.context = context
         self.status = status or Status()
-        self.swarm = SwarmView(
-            docker,
-            self.status,
-            context.settings.swarm_vip,
-            swarm_manager_id,
-            in_swarm,
-            # The leader's agent reaps lost nodes (-swarm-reap-after), so it needs leadership.
-            watch_leader=context.settings.swarm_reap_after > 0,
-        )
+        self.swarm = swarm or SwarmView(docker, self.status, context.settings.swarm_vip)
         timing = timing or Timing()
         self.work = _scheduler(self)
         self.inspects = Inspects(docker, self.status)
