@@ -1,8 +1,7 @@
 """The agent's lifecycle: wait for Docker and Consul, follow events, resync, shut down.
 
-The event stream is one long session wrapped in a reconnect loop: whatever ends it (dockerd
-restarting, a socket error, a proxy timing out), the loop waits with backoff, resumes from
-the last event's time and asks for a full reconcile, because events may have been missed.
+The event stream (event_stream.py) survives reconnects; each new subscription asks for a full
+reconcile, because events may have been missed.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,13 +20,8 @@ from registrator.backends import ConsulAPI, DockerAPI
 from registrator.consul import ConsulError
 from registrator.containers import as_dict
 from registrator.docker import DockerError
-from registrator.events import (
-    event_container_id,
-    event_service_id,
-    is_subscribed,
-    kill_signal,
-    since_from_time_nano,
-)
+from registrator.event_stream import EventStream
+from registrator.events import event_container_id, event_service_id, kill_signal
 from registrator.hostnet import host_address
 from registrator.node_heartbeat import NodeHeartbeat, NodeReaper
 from registrator.planner import PlanContext
@@ -36,6 +29,7 @@ from registrator.reconciler import Reconciler
 from registrator.settings import Settings
 from registrator.status import Status
 from registrator.swarm import in_swarm, manager_node_id
+from registrator.swarm_view import SwarmView
 from registrator.timing import Timing
 
 log = logging.getLogger(__name__)
@@ -161,8 +155,7 @@ class Agent:
         self.reconciler: Reconciler | None = None
         self.identity: Identity | None = None
         self._full_requested = asyncio.Event()
-        self._since: str | None = None
-        self._stream_state = ""  # for logging only state changes
+        self.events = EventStream(docker, self.status, self.timing)
         self._background: set[asyncio.Task[None]] = set()
         self.heartbeat: NodeHeartbeat | None = None
         self.reaper: NodeReaper | None = None
@@ -220,14 +213,17 @@ class Agent:
         for warning in address_warnings(self.identity.address, self.settings.internal):
             log.warning("%s", warning)
         node, default_address = self.identity.node, self.identity.default_address
-        self.reconciler = Reconciler(
+        swarm = SwarmView(
             self.docker,
-            self.consul,
-            context,
-            swarm_manager_id=manager_node_id(info),
-            in_swarm=in_swarm(info),
-            status=self.status,
-            timing=self.timing,
+            self.status,
+            self.settings.swarm_vip,
+            manager_node_id(info),
+            in_swarm(info),
+            # The leader's agent reaps lost nodes (-swarm-reap-after), so it needs leadership.
+            watch_leader=self.settings.swarm_reap_after > 0,
+        )
+        self.reconciler = Reconciler(
+            self.docker, self.consul, context, swarm, status=self.status, timing=self.timing
         )
         self.reconciler.on_consul_state_lost = self.request_full_reconcile
         self._node_liveness(info)
@@ -275,7 +271,9 @@ class Agent:
             # Before any service that aliases it: an alias on a missing service is critical.
             await self.heartbeat.register()
         tasks = [
-            asyncio.create_task(self._follow_events(), name="events"),
+            asyncio.create_task(
+                self.events.follow(self._subscribed, self._on_event), name="events"
+            ),
             asyncio.create_task(self._full_reconciles(), name="reconcile"),
         ]
         if self.settings.resync > 0:
@@ -369,40 +367,13 @@ class Agent:
             await self.reconciler.heartbeat_ttl()
             await self.timing.sleep(self.settings.ttl_refresh)
 
-    def _stream(self, state: str, message: str, *args: object) -> None:
-        if state != self._stream_state:
-            self._stream_state = state
-            (log.info if state == "up" else log.warning)(message, *args)
-
-    async def _follow_events(self) -> None:
+    def _subscribed(self) -> None:
         assert self.reconciler is not None
-        backoff = self.timing.backoff(self.timing.event_backoff)
-        while True:
-            try:
-                async for event in self.docker.events(self._since):
-                    if is_subscribed(event):
-                        # Subscribed before listing: nothing that happens from here on can
-                        # be missed by the full reconcile that follows.
-                        self.status.answered("docker", announce=False)
-                        backoff.reset()
-                        self.reconciler.forget_inspects()
-                        self.request_full_reconcile()
-                        self._stream("up", "following Docker events")
-                        continue
-                    self._on_event(event)
-                self._stream("closed", "Docker closed the event stream; reconnecting")
-            except DockerError as err:
-                self.status.lost("docker")
-                self._stream("error", "Docker event stream failed: %s; reconnecting", err)
-            await self.timing.sleep(backoff.next())
+        self.reconciler.forget_inspects()
+        self.request_full_reconcile()
 
     def _on_event(self, event: dict[str, Any]) -> None:
         assert self.reconciler is not None
-        self.reconciler.stats.events += 1
-        time_nano = event.get("timeNano")
-        if isinstance(time_nano, int):
-            self._since = since_from_time_nano(time_nano)
-            self.reconciler.stats.last_event_lag = time.time() - time_nano / 1e9
         service_id = event_service_id(event)
         if service_id:
             self.reconciler.swarm_service_changed(service_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypedDict, Unpack
 
 import aiohttp
 import yarl
@@ -31,6 +31,16 @@ class APIError(Exception):
         self.status = status
         self.transient = transient
         self.body = body
+
+
+class RequestOptions(TypedDict, total=False):
+    """What one request may carry besides its method and path: the query `params`, a JSON
+    `body`, and an `object_pairs_hook` for json.loads (to keep only some fields of a large
+    answer while decoding it)."""
+
+    params: Mapping[str, str] | None
+    body: Any
+    object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None
 
 
 class JSONClient:
@@ -80,22 +90,13 @@ class JSONClient:
         await self.close()
 
     async def _exchange(
-        self,
-        method: str,
-        url: str | yarl.URL,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: Any = None,
-        allow_404: bool = False,
-        object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+        self, method: str, url: str | yarl.URL, path: str, **options: Unpack[RequestOptions]
     ) -> Any:
         """One request to `url` (`path` names it in messages); the decoded JSON answer.
 
-        None for an empty answer, or for a 404 when `allow_404`. Raises `self.error` for an
-        HTTP error status, a redirect, an answer that is not JSON, a timeout or a broken
-        connection. `object_pairs_hook` goes to json.loads (to keep only some fields of a
-        large answer while decoding it).
+        None for an empty answer. Raises `self.error` for an HTTP error status (each client
+        says which of its errors mean "no such object"), a redirect, an answer that is not
+        JSON, a timeout or a broken connection.
         """
         try:
             # No redirects: Consul's router answers a path it cleaned (`a/../b`) with a 301 to
@@ -104,16 +105,14 @@ class JSONClient:
             async with self._client().request(
                 method,
                 url,
-                params=params,
-                json=body,
+                params=options.get("params"),
+                json=options.get("body"),
                 headers=self._request_headers(),
                 allow_redirects=False,
             ) as resp:
                 # Bytes straight to json.loads (it reads UTF-8 bytes): no decoded copy of the
                 # whole answer, which for a list of every container is the largest one.
                 raw = await resp.read()
-                if resp.status == 404 and allow_404:
-                    return None
                 if resp.status >= 300:
                     text = raw.decode(errors="replace")
                     raise self.error(
@@ -125,7 +124,7 @@ class JSONClient:
                 if not raw.strip():
                     return None
                 try:
-                    return json.loads(raw, object_pairs_hook=object_pairs_hook)
+                    return json.loads(raw, object_pairs_hook=options.get("object_pairs_hook"))
                 except ValueError:
                     start = raw[:100].decode(errors="replace")
                     raise self.error(f"{method} {path}: answer is not JSON: {start!r}") from None

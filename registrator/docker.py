@@ -10,14 +10,14 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
 import aiohttp
 
-from registrator.apiclient import APIError, JSONClient
+from registrator.apiclient import APIError, JSONClient, RequestOptions
 
 log = logging.getLogger(__name__)
 
@@ -140,28 +140,14 @@ class DockerClient(JSONClient):
         return aiohttp.TCPConnector(limit=32)
 
     async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        body: Any = None,
-        allow_404: bool = False,
-        object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+        self, method: str, path: str, *, allow_404: bool = False, **options: Unpack[RequestOptions]
     ) -> Any:
         """One versioned call; renegotiates once and repeats it if the daemon refuses the
         version. With `allow_404`, a gone object (any status or wording) answers None."""
         for attempt in range(2):
             prefix = self._prefix
             try:
-                return await self._exchange(
-                    method,
-                    f"{self._base}{prefix}{path}",
-                    path,
-                    params=params,
-                    body=body,
-                    object_pairs_hook=object_pairs_hook,
-                )
+                return await self._exchange(method, f"{self._base}{prefix}{path}", path, **options)
             except DockerError as err:
                 if allow_404 and err.gone:
                     return None

@@ -2,12 +2,13 @@
 
 A full reconcile lists every container; a container whose listed state matches its cached
 inspect needs no new inspect. Events drop a container's entry (it changed), a Docker reconnect
-drops all of them (events may have been missed).
+drops all of them (events may have been missed). Also which containers share another's network
+stack (`--network container:X`): they are reached at X's address, so X changing changes them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from registrator.backends import DockerAPI
 from registrator.containers import InspectError, parse_container
@@ -27,6 +28,9 @@ class Inspects:
         self.docker = docker
         self.status = status
         self._cache: dict[str, _Cached] = {}
+        # `--network container:X`: X's id → the containers sharing its stack.
+        self._stack_dependents: dict[str, set[str]] = {}
+        self._stack_owner: dict[str, str] = {}  # the reverse: container → X's id
 
     def forget(self, container_id: str) -> None:
         self._cache.pop(container_id, None)
@@ -41,6 +45,33 @@ class Inspects:
             for cid, cached in self._cache.items()
             if task_service_id(cached.container) == service_id
         ]
+
+    def stack_dependents(self, container_id: str) -> list[str]:
+        """The containers last read as sharing this container's network stack (sorted)."""
+        return sorted(self._stack_dependents.get(container_id, ()))
+
+    async def list_states(self) -> dict[str, str]:
+        """Every container's id → its State in a fresh listing. Raises DockerError."""
+        listed = await self.docker.list_containers()
+        return {str(item["Id"]): str(item.get("State", "")) for item in listed}
+
+    async def with_network_owner(self, key: str, container: Container | None) -> Container | None:
+        """`container` (just read for `key`) with the container whose network stack it shares,
+        read now; and remember the pair, so that a change of the owner reaches `key`.
+        Raises DockerError."""
+        previous = self._stack_owner.pop(key, None)
+        if previous is not None:
+            dependents = self._stack_dependents.get(previous, set())
+            dependents.discard(key)
+            if not dependents:
+                self._stack_dependents.pop(previous, None)
+        if container is None or not container.network_owner_ref:
+            return container
+        owner = await self.read(container.network_owner_ref, None, True, True)
+        if owner is not None:
+            self._stack_owner[key] = owner.id
+            self._stack_dependents.setdefault(owner.id, set()).add(key)
+        return replace(container, network_owner=owner)
 
     async def read(
         self, container_id: str, list_state: str | None, force: bool, holds_services: bool

@@ -29,7 +29,7 @@ class Ledger:
         self.waiting: dict[str, tuple[str, ...]] = {}
         self.stopped: set[str] = set()
         # service id → who else holds it in Consul: from the last full reconcile's listing,
-        # and from the look-up before the first write of an id (reconciler._look_up_holders).
+        # and from the look-up before the first write of an id (applier.look_up_holders).
         self.foreign: dict[str, str] = {}
 
     def holdings(self) -> Holdings:

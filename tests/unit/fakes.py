@@ -78,6 +78,7 @@ class FakeDocker:
         self.calls: dict[str, int] = {}
         self._events: asyncio.Queue[dict[str, Any] | Exception | None] = asyncio.Queue()
         self.execs: list[str] = []  # container ids exec'd into
+        self.since: list[str | None] = []  # the `since` of each events() call
 
     # --- test controls ------------------------------------------------------------------
 
@@ -165,6 +166,7 @@ class FakeDocker:
         return None
 
     async def events(self, since: str | None) -> AsyncIterator[dict[str, Any]]:
+        self.since.append(since)
         await self._call("events")
         yield {"Type": "registrator", "Action": "subscribed"}
         while True:
