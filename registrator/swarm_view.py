@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from registrator.backends import DockerAPI
@@ -30,6 +30,15 @@ log = logging.getLogger(__name__)
 # Images whose EXPOSEd ports are remembered for -swarm-vip (the oldest goes first).
 IMAGE_PORTS_KEPT = 256
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Networks:
+    """One `GET /networks` read: VIPs are registered on `names`; `known` tells whether a VIP's
+    network was created since (read again then)."""
+
+    names: dict[str, str] = field(default_factory=dict)  # non-ingress network id → name
+    known: frozenset[str] = frozenset()  # every network id, ingress included
 
 
 class SwarmView:
@@ -60,8 +69,7 @@ class SwarmView:
         # Swarm service id → what a manager said of it (None: no such service).
         self._services: dict[str, SwarmService | None] = {}
         self._stale: set[str] = set()  # changed since read: read again before use
-        self._network_names: dict[str, str] = {}  # non-ingress network id → name
-        self._known_networks: set[str] = set()  # every network id, ingress included
+        self._networks = _Networks()
         self._image_ports: dict[str, tuple[ContainerPort, ...]] = {}
 
     def changed(self, service_id: str) -> bool:
@@ -127,7 +135,8 @@ class SwarmView:
         return {vip_key(service_id) for service_id in services} | vip_keys_held
 
     async def _refresh_networks(self) -> None:
-        usable, known = {}, set()
+        usable: dict[str, str] = {}
+        known: set[str] = set()
         for network in await self.docker.networks():
             network_id, name = network.get("Id"), network.get("Name")
             if not isinstance(network_id, str) or not isinstance(name, str):
@@ -135,7 +144,7 @@ class SwarmView:
             known.add(network_id)
             if network.get("Ingress") is not True:
                 usable[network_id] = name
-        self._network_names, self._known_networks = usable, known
+        self._networks = _Networks(usable, frozenset(known))
 
     async def _service(self, service_id: str) -> SwarmService | None:
         """What a manager says of one service; cached until an event or a resync."""
@@ -186,9 +195,9 @@ class SwarmView:
         service = await self._service(key.split(":", 1)[1])
         if service is None or service.endpoint_mode != "vip":
             return None
-        if not self._known_networks.issuperset(service.virtual_ips):
+        if not self._networks.known.issuperset(service.virtual_ips):
             await self._refresh_networks()  # a network created since the last listing
-        return vip_container(service, self._network_names, await self._image_exposed(service))
+        return vip_container(service, self._networks.names, await self._image_exposed(service))
 
     async def _image_exposed(self, service: SwarmService) -> tuple[ContainerPort, ...]:
         """The ports the service's image EXPOSEs, if this engine has the image."""
