@@ -239,10 +239,16 @@ def mirror_health(container: Container, services: Iterable[Service]) -> tuple[Ch
 
 
 def misconfigured(services: Iterable[Service]) -> tuple[CheckUpdate, ...]:
-    """Each misconfigured check critical, its output naming the malformed keys (the same
-    text as its Notes: Consul's register call takes no Output)."""
+    """Each misconfigured check in the status it was registered with (critical for a
+    malformed check key, else warning: checks.build_checks), its output naming the malformed
+    keys (the same text as its Notes: Consul's register call takes no Output)."""
     return tuple(
-        CheckUpdate(check.check_id, "critical", str(check.fields["Notes"]), refresh_after(check))
+        CheckUpdate(
+            check.check_id,
+            str(check.fields.get("Status", "critical")),
+            str(check.fields["Notes"]),
+            refresh_after(check),
+        )
         for service in services
         for check in service.checks
         if check.kind is CheckKind.MISCONFIGURED

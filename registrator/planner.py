@@ -20,6 +20,7 @@ from registrator.labels import (
     Metadata,
     address_override,
     is_true_ignore,
+    own_key_problems,
     parse_tags,
     problems_with_keys,
     service_fields,
@@ -414,6 +415,8 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
         container, ctx, base, problems
     )
     label_address = _address_from_label(container, ctx, problems)
+    # What the container's own labels and env vars got wrong so far applies to each service.
+    container_flaws = own_key_problems(problems.items)
     default_name = default_service_name(container)
     global_tags = parse_tags(expand_template(ctx.settings.tags, container, ctx.node))
 
@@ -442,6 +445,7 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
             global_tags,
             label_address,
             problems,
+            container_flaws,
         )
         if service is None:
             continue
@@ -538,6 +542,7 @@ def _service(
     global_tags: list[str],
     label_address: str,
     problems: _Problems,
+    container_flaws: Sequence[Problem] = (),
 ) -> Service | None:
     udp = endpoint.protocol == "udp"
     name = metadata.get("NAME").strip() or default_name
@@ -564,6 +569,8 @@ def _service(
     meta, meta_problems = service_meta(metadata, container)
     problems.items.extend(meta_problems)
     meta.update({META_SOURCE: OWNER_SOURCE, META_NODE: ctx.node, META_CONTAINER: container.id})
+    connect = build_connect(metadata, container)
+    problems.items.extend(connect.problems)
     built = checks_mod.build_checks(
         metadata,
         service_id,
@@ -571,6 +578,14 @@ def _service(
         container,
         ctx.settings,
         node_heartbeat=heartbeat_service_id(ctx.node) if ctx.settings.node_ttl else "",
+        # Visible in Consul, not only in the log (the misconfigured check).
+        flaws=[
+            *container_flaws,
+            *address_problems,
+            *fields.problems,
+            *meta_problems,
+            *connect.problems,
+        ],
     )
     problems.items.extend(built.problems)
     if built.script and is_vip_key(container.id):
@@ -583,8 +598,6 @@ def _service(
             checks=tuple(c for c in built.checks if c.kind is not CheckKind.SCRIPT),
             script="",
         )
-    connect = build_connect(metadata, container)
-    problems.items.extend(connect.problems)
     return Service(
         id=service_id,
         name=name,

@@ -457,6 +457,20 @@ MALFORMED = [
         id="timeout beyond Go's int64 nanoseconds",
     ),
     pytest.param(
+        {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TIMEOUT": "0s"},
+        {},
+        "label SERVICE_CHECK_TIMEOUT",
+        {"http": {"HTTP": "http://10.0.0.5:8080/h", "Interval": "10s"}},
+        id="timeout 0s: Consul would silently use its 10s, not no timeout",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_DEREGISTER_AFTER": "0"},
+        {},
+        "label SERVICE_CHECK_DEREGISTER_AFTER",
+        {"tcp": {"TCP": "10.0.0.5:8080", "Interval": "10s"}},
+        id="deregister-after 0: Consul would never deregister",
+    ),
+    pytest.param(
         {"SERVICE_CHECK_GRPC": "true", "SERVICE_CHECK_DEREGISTER_AFTER": "1d"},
         {},
         "label SERVICE_CHECK_DEREGISTER_AFTER",
@@ -705,6 +719,10 @@ def test_is_duration(text: str, valid: bool) -> None:
     assert is_duration(text) is valid
 
 
+INTERVAL_FLOOR = "the shortest interval Consul runs a check at (and registrator a script)"
+DEREGISTER_FLOOR = "the shortest time Consul waits before it deregisters a critical service"
+
+
 @pytest.mark.parametrize(
     ("interval", "seconds", "clamped"),
     [
@@ -722,10 +740,56 @@ def test_script_interval_floor(interval: str, seconds: float, clamped: bool) -> 
         (problem,) = result.problems
         assert str(problem) == (
             f"container web-1: label SERVICE_CHECK_INTERVAL: {interval!r} is shorter than 1s, "
-            "the shortest interval a script check runs at; using 1s"
+            f"{INTERVAL_FLOOR}; using 1s"
         )
     else:
         assert result.problems == ()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field", "sent", "why"),
+    [
+        # Below a floor Consul applies by itself: raised to it, with a warning (no
+        # misconfigured check: the check runs as Consul would run it anyway).
+        pytest.param("INTERVAL", "500ms", "Interval", "1s", INTERVAL_FLOOR, id="interval 500ms"),
+        pytest.param("INTERVAL", "1s", "Interval", "1s", "", id="interval at the floor"),
+        pytest.param(
+            "DEREGISTER_AFTER",
+            "30s",
+            "DeregisterCriticalServiceAfter",
+            "1m",
+            DEREGISTER_FLOOR,
+            id="deregister-after 30s",
+        ),
+        pytest.param(
+            "DEREGISTER_AFTER",
+            "59.9s",
+            "DeregisterCriticalServiceAfter",
+            "1m",
+            DEREGISTER_FLOOR,
+            id="deregister-after just under a minute",
+        ),
+        pytest.param(
+            "DEREGISTER_AFTER",
+            "1m",
+            "DeregisterCriticalServiceAfter",
+            "1m",
+            "",
+            id="deregister-after at the floor",
+        ),
+        pytest.param("TIMEOUT", "1ms", "Timeout", "1ms", "", id="timeout: Consul has no floor"),
+    ],
+)
+def test_durations_below_consuls_floor_are_raised_to_it_and_said(
+    key: str, value: str, field: str, sent: str, why: str
+) -> None:
+    result = build({"SERVICE_CHECK_HTTP": "/h", f"SERVICE_CHECK_{key}": value})
+    checks = by_kind(result)
+    assert "misconfigured" not in checks
+    assert checks["http"][field] == sent
+    expected = [f"'{value}' is shorter than {sent}, {why}; using {sent}"] if why else []
+    assert [p.reason for p in result.problems] == expected
+    assert all(p.key == f"label SERVICE_CHECK_{key}" for p in result.problems)
 
 
 # --- script checks: gliderlabs' placeholders, and how the script is run -------------------------

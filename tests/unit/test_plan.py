@@ -514,15 +514,35 @@ def test_foreign_holder_wins(foreign: dict[str, str], own: bool, written: bool) 
     )
 
 
-def test_misconfigured_check_is_reported_critical_with_its_notes() -> None:
-    container = make_container(labels={"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TIMEOUT": "soon"})
+@pytest.mark.parametrize(
+    ("labels", "status", "notes"),
+    [
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TIMEOUT": "soon"},
+            "critical",
+            "label SERVICE_CHECK_TIMEOUT: 'soon' is not",
+            id="a malformed check key: critical",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_WEIGHT": "heavy"},
+            "warning",
+            "label SERVICE_WEIGHT: 'heavy' is not",
+            id="another malformed key: warning",
+        ),
+    ],
+)
+def test_misconfigured_check_is_reported_in_its_status_with_its_notes(
+    labels: dict[str, str], status: str, notes: str
+) -> None:
+    container = make_container(labels=labels)
     outcome = plan_container(CONTAINER_ID, container, holdings({}), make_context())
     (service,) = outcome.services
     (check,) = [c for c in service.checks if c.kind is CheckKind.MISCONFIGURED]
     assert outcome.check_updates == (
-        CheckUpdate(check.check_id, "critical", str(check.fields["Notes"]), 24 * 3600 / 3),
+        CheckUpdate(check.check_id, status, str(check.fields["Notes"]), 24 * 3600 / 3),
     )
-    assert str(check.fields["Notes"]).startswith("label SERVICE_CHECK_TIMEOUT: 'soon' is not")
+    assert check.fields["Status"] == status
+    assert str(check.fields["Notes"]).startswith(notes)
 
 
 CHECKS = {
