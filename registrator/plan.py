@@ -14,8 +14,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from registrator import checks as checks_mod
+from registrator import payload
 from registrator.connect import sidecar_id
 from registrator.events import signal_number
 from registrator.model import (
@@ -174,6 +176,17 @@ def without_foreign_ids(
             "registered once that entry is gone"
         )
     return tuple(kept), tuple(foreign), tuple(problems)
+
+
+def foreign_holders(entries: Mapping[str, Mapping[str, Any] | None], node: str) -> dict[str, str]:
+    """service id → who holds it in Consul, for the ids someone other than this node's
+    registrator holds; `entries`: service id → the agent's entry for it (`GET
+    /v1/agent/service/:id`), None when it has none. The Holdings.foreign of those ids."""
+    holders = {
+        service_id: payload.foreign_holder(entry, node) if entry is not None else None
+        for service_id, entry in entries.items()
+    }
+    return {service_id: holder for service_id, holder in holders.items() if holder is not None}
 
 
 def without_contested_ids(

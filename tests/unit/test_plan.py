@@ -24,6 +24,7 @@ from registrator.plan import (
     Maintenance,
     drain_window,
     drains_on,
+    foreign_holders,
     heartbeat_updates,
     keep_maintenance,
     lacks_kill_wrapper,
@@ -512,6 +513,42 @@ def test_foreign_holder_wins(foreign: dict[str, str], own: bool, written: bool) 
             "registered once that entry is gone"
         ]
     )
+
+
+OURS = {"external-source": "registrator", "registrator-node": "node1", "registrator-container": "c"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "holder"),
+    [
+        pytest.param(None, None, id="no entry: free"),
+        pytest.param({"ID": "shared", "Meta": OURS}, None, id="this node's registrator: ours"),
+        pytest.param(
+            {"ID": "shared", "Meta": {**OURS, "registrator-node": "node2"}},
+            "the registrator of node 'node2' (container c)",
+            id="another node's registrator",
+        ),
+        pytest.param(
+            {"ID": "shared", "Meta": {"owner": "ops"}},
+            "a registration not made by registrator (Meta owner=ops)",
+            id="by hand, with Meta",
+        ),
+        pytest.param(
+            {"ID": "shared"}, "a registration not made by registrator", id="by hand, no Meta"
+        ),
+    ],
+)
+def test_foreign_holders_from_the_agents_entries(
+    entry: dict[str, object] | None, holder: str | None
+) -> None:
+    """What `explain` reports is the agent's rule: the same holders, the same warning."""
+    holders = foreign_holders({"shared": entry, "free": None}, "node1")
+    assert holders == ({} if holder is None else {"shared": holder})
+    container = make_container(labels=SHARED)
+    outcome = plan_container(
+        CONTAINER_ID, container, Holdings({}, {}, foreign=holders), make_context()
+    )
+    assert outcome.foreign == (() if holder is None else ("shared",))
 
 
 @pytest.mark.parametrize(
