@@ -637,25 +637,43 @@ def test_every_malformed_key_is_named_in_one_critical_check() -> None:
     assert len(result.problems) == 2
 
 
+INTERVAL_FLOOR = "the shortest interval Consul runs a check at (and registrator a script)"
+DEREGISTER_FLOOR = "the shortest time Consul waits before it deregisters a critical service"
+DEREGISTER = "DeregisterCriticalServiceAfter"
+
+
 @pytest.mark.parametrize(
-    ("key", "value", "field", "kind", "expected"),
+    ("key", "value", "field", "kind", "expected", "said"),
     [
-        pytest.param("CHECK_INTERVAL", "10", "Interval", "tcp", "10s", id="interval 10"),
-        pytest.param("CHECK_TIMEOUT", "90", "Timeout", "tcp", "90s", id="timeout 90"),
+        # A bare whole number is seconds.
+        pytest.param("CHECK_INTERVAL", "10", "Interval", "tcp", "10s", "", id="interval 10"),
+        pytest.param("CHECK_TIMEOUT", "90", "Timeout", "tcp", "90s", "", id="timeout 90"),
+        pytest.param(
+            "CHECK_DEREGISTER_AFTER", "600", DEREGISTER, "tcp", "600s", "", id="deregister 600"
+        ),
+        pytest.param("CHECK_TTL", "30", "TTL", "ttl", "30s", "", id="ttl 30"),
+        pytest.param("CHECK_INTERVAL", "007", "Interval", "tcp", "7s", "", id="leading zeros"),
+        # Below a floor Consul applies by itself: raised to it (no misconfigured check: the
+        # check runs as Consul would run it anyway).
+        pytest.param(
+            "CHECK_INTERVAL", "500ms", "Interval", "tcp", "1s", INTERVAL_FLOOR, id="interval 500ms"
+        ),
+        pytest.param(
+            "CHECK_DEREGISTER_AFTER", "30s", DEREGISTER, "tcp", "1m", DEREGISTER_FLOOR, id="30s"
+        ),
         pytest.param(
             "CHECK_DEREGISTER_AFTER",
-            "600",
-            "DeregisterCriticalServiceAfter",
+            "59.9s",
+            DEREGISTER,
             "tcp",
-            "600s",
-            id="deregister-after 600",
+            "1m",
+            DEREGISTER_FLOOR,
+            id="deregister-after just under a minute",
         ),
-        pytest.param("CHECK_TTL", "30", "TTL", "ttl", "30s", id="ttl 30"),
-        pytest.param("CHECK_INTERVAL", "007", "Interval", "tcp", "7s", id="leading zeros"),
     ],
 )
-def test_bare_whole_number_is_seconds_and_said_once(
-    key: str, value: str, field: str, kind: str, expected: str
+def test_duration_read_otherwise_than_written_is_said_once(
+    key: str, value: str, field: str, kind: str, expected: str, said: str
 ) -> None:
     result = build({"SERVICE_CHECK_TCP": "yes", f"SERVICE_{key}": value})
     checks = by_kind(result)
@@ -663,7 +681,25 @@ def test_bare_whole_number_is_seconds_and_said_once(
     assert checks[kind][field] == expected
     (problem,) = result.problems
     assert problem.key == f"label SERVICE_{key}"
-    assert problem.reason == f"{value!r} has no unit; read as {expected} (write {expected})"
+    assert problem.reason == (
+        f"{value!r} is shorter than {expected}, {said}; using {expected}"
+        if said
+        else f"{value!r} has no unit; read as {expected} (write {expected})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field"),
+    [
+        pytest.param("CHECK_INTERVAL", "1s", "Interval", id="interval at the floor"),
+        pytest.param("CHECK_DEREGISTER_AFTER", "1m", DEREGISTER, id="deregister-after at it"),
+        pytest.param("CHECK_TIMEOUT", "1ms", "Timeout", id="timeout: Consul has no floor"),
+    ],
+)
+def test_duration_as_written_is_sent_as_written(key: str, value: str, field: str) -> None:
+    result = build({"SERVICE_CHECK_TCP": "yes", f"SERVICE_{key}": value})
+    assert by_kind(result)["tcp"][field] == value
+    assert result.problems == ()
 
 
 @pytest.mark.parametrize("word", ["off", "OFF", "false", "no", "0", " Off "])
@@ -719,10 +755,6 @@ def test_is_duration(text: str, valid: bool) -> None:
     assert is_duration(text) is valid
 
 
-INTERVAL_FLOOR = "the shortest interval Consul runs a check at (and registrator a script)"
-DEREGISTER_FLOOR = "the shortest time Consul waits before it deregisters a critical service"
-
-
 @pytest.mark.parametrize(
     ("interval", "seconds", "clamped"),
     [
@@ -744,52 +776,6 @@ def test_script_interval_floor(interval: str, seconds: float, clamped: bool) -> 
         )
     else:
         assert result.problems == ()
-
-
-@pytest.mark.parametrize(
-    ("key", "value", "field", "sent", "why"),
-    [
-        # Below a floor Consul applies by itself: raised to it, with a warning (no
-        # misconfigured check: the check runs as Consul would run it anyway).
-        pytest.param("INTERVAL", "500ms", "Interval", "1s", INTERVAL_FLOOR, id="interval 500ms"),
-        pytest.param("INTERVAL", "1s", "Interval", "1s", "", id="interval at the floor"),
-        pytest.param(
-            "DEREGISTER_AFTER",
-            "30s",
-            "DeregisterCriticalServiceAfter",
-            "1m",
-            DEREGISTER_FLOOR,
-            id="deregister-after 30s",
-        ),
-        pytest.param(
-            "DEREGISTER_AFTER",
-            "59.9s",
-            "DeregisterCriticalServiceAfter",
-            "1m",
-            DEREGISTER_FLOOR,
-            id="deregister-after just under a minute",
-        ),
-        pytest.param(
-            "DEREGISTER_AFTER",
-            "1m",
-            "DeregisterCriticalServiceAfter",
-            "1m",
-            "",
-            id="deregister-after at the floor",
-        ),
-        pytest.param("TIMEOUT", "1ms", "Timeout", "1ms", "", id="timeout: Consul has no floor"),
-    ],
-)
-def test_durations_below_consuls_floor_are_raised_to_it_and_said(
-    key: str, value: str, field: str, sent: str, why: str
-) -> None:
-    result = build({"SERVICE_CHECK_HTTP": "/h", f"SERVICE_CHECK_{key}": value})
-    checks = by_kind(result)
-    assert "misconfigured" not in checks
-    assert checks["http"][field] == sent
-    expected = [f"'{value}' is shorter than {sent}, {why}; using {sent}"] if why else []
-    assert [p.reason for p in result.problems] == expected
-    assert all(p.key == f"label SERVICE_CHECK_{key}" for p in result.problems)
 
 
 # --- script checks: gliderlabs' placeholders, and how the script is run -------------------------
