@@ -129,17 +129,19 @@ def build_checks(
     settings: Settings,
     node_heartbeat: str = "",
     flaws: Sequence[Problem] = (),
+    in_container: bool = True,
 ) -> ChecksResult:
     """The checks of one service; options read: -docker-health, -docker-health-initial, -ttl,
-    -node-reap-after. `node_heartbeat` is the id of the node's heartbeat service to alias
-    (empty: none). `flaws`: the other SERVICE_* values of this service that could not be
-    honoured (labels.py, connect.py), already reported by the caller.
+        -node-reap-after. `node_heartbeat` is the id of the node's heartbeat service to alias
+        (empty: none). `flaws`: the other SERVICE_* values of this service that could not be
+        honoured (labels.py, connect.py), already reported by the caller. `in_container` False: the
+    registration has no container to run SERVICE_CHECK_SCRIPT in (a Swarm service's VIP).
 
-    A malformed key never leaves the service unchecked (issue 12): the checks are built as if
-    that key were absent, and a critical `misconfigured` check names the key, the value and
-    why, so the service stays critical in Consul until the label is fixed. `flaws` alone make
-    that check `warning`: the service serves as registered, only not as labelled, so it stays
-    in DNS answers while the Consul UI shows why.
+        A malformed key never leaves the service unchecked (issue 12): the checks are built as if
+        that key were absent, and a critical `misconfigured` check names the key, the value and
+        why, so the service stays critical in Consul until the label is fixed. `flaws` alone make
+        that check `warning`: the service serves as registered, only not as labelled, so it stays
+        in DNS answers while the Consul UI shows why.
     """
     checks: list[Check] = []
     problems: list[Problem] = []
@@ -292,6 +294,9 @@ def build_checks(
         except ValueError as err:
             malformed("CHECK_SCRIPT", f"cannot be split into arguments ({err})", "no script")
             script = ""
+    if script and not in_container:
+        malformed("CHECK_SCRIPT", "cannot run at a VIP registration (no container)", "no script")
+        script = ""
     if script:
         # Run by registrator inside the container (docker exec) and reported to this TTL
         # check, so Consul needs no enable_script_checks and no access to the container.

@@ -33,7 +33,6 @@ from registrator.model import (
     META_NODE,
     META_SOURCE,
     OWNER_SOURCE,
-    CheckKind,
     Container,
     ContainerPort,
     HeldService,
@@ -578,6 +577,8 @@ def _service(
         container,
         ctx.settings,
         node_heartbeat=heartbeat_service_id(ctx.node) if ctx.settings.node_ttl else "",
+        # Script checks run inside the container; a VIP has none to run them in.
+        in_container=not is_vip_key(container.id),
         # Visible in Consul, not only in the log (the misconfigured check).
         flaws=[
             *container_flaws,
@@ -588,16 +589,6 @@ def _service(
         ],
     )
     problems.items.extend(built.problems)
-    if built.script and is_vip_key(container.id):
-        # Script checks run inside the container; a VIP has none to run them in.
-        problems.add(
-            metadata.origin("CHECK_SCRIPT"), "a VIP registration cannot run a script; check skipped"
-        )
-        built = replace(
-            built,
-            checks=tuple(c for c in built.checks if c.kind is not CheckKind.SCRIPT),
-            script="",
-        )
     return Service(
         id=service_id,
         name=name,
