@@ -42,6 +42,18 @@ _FLOORS = {
 # A bare "0" is the only unitless form, and only on its own ("00" and "1s0" are errors).
 # ASCII digits only: Go's parser (and so Consul) refuses "٣s", which \d alone would accept.
 _DURATION = re.compile(r"^(?:0|(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+)$", re.ASCII)
+# Every SERVICE_CHECK_* key build_checks reads. Any other is a typo or another tool's key
+# (gliderlabs' SERVICE_CHECK_CMD): the check it meant is missing, so it counts as malformed.
+CHECK_KEYS = frozenset(
+    {
+        *(f"CHECK_{kind}" for kind in ("HTTP", "HTTPS", "TCP", "GRPC", "TTL", "SCRIPT")),
+        *(f"CHECK_{kind}_{part}" for kind in ("HTTP", "HTTPS") for part in ("METHOD", "HEADER")),
+        *("CHECK_HTTP_BODY", "CHECK_HTTPS_BODY", "CHECK_METHOD", "CHECK_HEADER", "CHECK_BODY"),
+        *("CHECK_TLS_SKIP_VERIFY", "CHECK_GRPC_USE_TLS", "CHECK_DOCKER_HEALTH"),
+        *("CHECK_INTERVAL", "CHECK_TIMEOUT", "CHECK_DEREGISTER_AFTER", "CHECK_INITIAL_STATUS"),
+        *("CHECK_SUCCESS_BEFORE_PASSING", "CHECK_FAILURES_BEFORE_CRITICAL"),
+    }
+)
 _HEADER_LINE = re.compile(r"^\s*([^:\s][^:]*):\s*(.*)$")
 _INITIAL_STATUSES = frozenset({"passing", "warning", "critical"})
 
@@ -191,6 +203,10 @@ def build_checks(
         if value and bool_word(value) is None:
             malformed(key, "is not true/false, yes/no, on/off or 1/0", "taken as false")
         return bool_word(value) is True
+
+    for key in sorted(metadata.values):
+        if (key == "CHECK" or key.startswith("CHECK_")) and key not in CHECK_KEYS:
+            malformed(key, "is under a check key registrator does not know", "ignored")
 
     # Options shared by every probing check.
     interval = duration("CHECK_INTERVAL", DEFAULT_INTERVAL, positive=True)

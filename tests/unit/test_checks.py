@@ -422,6 +422,21 @@ MALFORMED = [
     # (labels, env, the key as the user wrote it, checks still registered), one per key
     # that can be malformed: the checks are built as if it were absent.
     pytest.param(
+        {"SERVICE_CHECK_HTPP": "/h", "SERVICE_CHECK_TCP": "yes"},
+        {},
+        "label SERVICE_CHECK_HTPP",
+        {"tcp": {"TCP": "10.0.0.5:8080", "Interval": "10s"}},
+        id="a check key nothing reads (a typo): the check it meant is missing",
+    ),
+    pytest.param(
+        {},
+        {"SERVICE_80_CHECK_CMD": "/bin/check"},
+        "env SERVICE_80_CHECK_CMD",
+        {},
+        id="gliderlabs' SERVICE_CHECK_CMD, port-scoped, from env",
+    ),
+    pytest.param({"SERVICE_CHECK": "yes"}, {}, "label SERVICE_CHECK", {}, id="SERVICE_CHECK"),
+    pytest.param(
         {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_INTERVAL": "abc"},
         {},
         "label SERVICE_CHECK_INTERVAL",

@@ -314,6 +314,18 @@ def test_bad_weight_still_registers_with_consul_defaults() -> None:
             ["label SERVICE_CONNECT_UPSTREAMS"],
             id="connect: upstream without a port",
         ),
+        pytest.param(
+            {"SERVICE_CONNECT": "sidecar", "SERVICE_CONNECT_UPSTREAM": "db:5432"},
+            {},
+            ["label SERVICE_CONNECT_UPSTREAM"],
+            id="connect: a key nothing reads (a typo)",
+        ),
+        pytest.param(
+            {"SERVICE_CONNECT_SIDECARPORT": "21000"},
+            {},
+            ["label SERVICE_CONNECT_SIDECARPORT"],
+            id="connect off: a key nothing reads is still said",
+        ),
         pytest.param({"SERVICE_80": "x"}, {}, ["label SERVICE_80"], id="scoped key without a name"),
         pytest.param(
             {"SERVICE_10-x_IGNORE": "true"},
@@ -536,6 +548,25 @@ def test_service_connect_words(value: str, connect: str | None, problem: bool) -
     kinds = {None: None, "sidecar": "SidecarService", "native": "Native"}
     assert (None if service.connect is None else next(iter(service.connect))) == kinds[connect]
     assert [p.key for p in result.problems] == (["label SERVICE_CONNECT"] if problem else [])
+
+
+@pytest.mark.parametrize(
+    ("mode", "connect", "instead"),
+    [
+        pytest.param("sidecar", None, "registered without Connect", id="sidecar: all or nothing"),
+        pytest.param("native", "Native", "ignored", id="native: no sidecar to shape"),
+        pytest.param("off", None, "ignored", id="off"),
+    ],
+)
+def test_a_connect_key_nothing_reads_is_said(mode: str, connect: str | None, instead: str) -> None:
+    labels = {"SERVICE_CONNECT": mode, "SERVICE_CONNECT_UPSTREAM": "db:5432"}
+    result = plan(make_container(labels=labels))
+    (service,) = result.services
+    assert (None if service.connect is None else next(iter(service.connect))) == connect
+    assert [str(p) for p in result.problems] == [
+        "container web-1: label SERVICE_CONNECT_UPSTREAM: not a Connect key registrator knows; "
+        + instead
+    ]
 
 
 @pytest.mark.parametrize(
