@@ -144,16 +144,16 @@ def build_checks(
     in_container: bool = True,
 ) -> ChecksResult:
     """The checks of one service; options read: -docker-health, -docker-health-initial, -ttl,
-        -node-reap-after. `node_heartbeat` is the id of the node's heartbeat service to alias
-        (empty: none). `flaws`: the other SERVICE_* values of this service that could not be
-        honoured (labels.py, connect.py), already reported by the caller. `in_container` False: the
+    -node-reap-after. `node_heartbeat` is the id of the node's heartbeat service to alias
+    (empty: none). `flaws`: the other SERVICE_* values of this service that could not be
+    honoured (labels.py, connect.py), already reported by the caller. `in_container` False: the
     registration has no container to run SERVICE_CHECK_SCRIPT in (a Swarm service's VIP).
 
-        A malformed key never leaves the service unchecked (issue 12): the checks are built as if
-        that key were absent, and a critical `misconfigured` check names the key, the value and
-        why, so the service stays critical in Consul until the label is fixed. `flaws` alone make
-        that check `warning`: the service serves as registered, only not as labelled, so it stays
-        in DNS answers while the Consul UI shows why.
+    A malformed key never leaves the service unchecked (issue 12): the checks are built as if
+    that key were absent, and a critical `misconfigured` check names the key, the value and
+    why, so the service stays critical in Consul until the label is fixed. `flaws` alone make
+    that check `warning`: the service serves as registered, only not as labelled, so it stays
+    in DNS answers while the Consul UI shows why.
     """
     checks: list[Check] = []
     problems: list[Problem] = []
