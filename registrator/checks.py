@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from registrator.labels import Metadata, unique
@@ -19,14 +20,40 @@ from registrator.vocabulary import bool_word, whole_number
 
 DEFAULT_INTERVAL = "10s"
 SCRIPT_TIMEOUT_SECONDS = 30.0
-# The shortest script interval: Consul's own floor for check intervals. Each run is a docker
-# exec (two to three API calls); a 1 ms interval would flood dockerd.
-MIN_SCRIPT_INTERVAL_SECONDS = 1.0
+# Floors Consul applies by itself, silently (Consul agent: checks.MinInterval; the reaper's
+# 1 minute minimum of DeregisterCriticalServiceAfter, /v1/agent/check/register): a value below
+# one is raised to it here, with a warning, so that the registration says what Consul does.
+# The interval floor also bounds script checks: each run is a docker exec (two to three API
+# calls), and a 1 ms interval would flood dockerd.
+MIN_INTERVAL_SECONDS = 1.0
+MIN_DEREGISTER_AFTER_SECONDS = 60.0
+_FLOORS = {
+    "CHECK_INTERVAL": (
+        MIN_INTERVAL_SECONDS,
+        "the shortest interval Consul runs a check at (and registrator a script)",
+    ),
+    "CHECK_DEREGISTER_AFTER": (
+        MIN_DEREGISTER_AFTER_SECONDS,
+        "the shortest time Consul waits before it deregisters a critical service",
+    ),
+}
 
 # Go's time.ParseDuration, as Consul reads durations: "10s", "1m30s", "1.5h", "250ms".
 # A bare "0" is the only unitless form, and only on its own ("00" and "1s0" are errors).
 # ASCII digits only: Go's parser (and so Consul) refuses "٣s", which \d alone would accept.
 _DURATION = re.compile(r"^(?:0|(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+)$", re.ASCII)
+# Every SERVICE_CHECK_* key build_checks reads. Any other is a typo or another tool's key
+# (gliderlabs' SERVICE_CHECK_CMD): the check it meant is missing, so it counts as malformed.
+CHECK_KEYS = frozenset(
+    {
+        *(f"CHECK_{kind}" for kind in ("HTTP", "HTTPS", "TCP", "GRPC", "TTL", "SCRIPT")),
+        *(f"CHECK_{kind}_{part}" for kind in ("HTTP", "HTTPS") for part in ("METHOD", "HEADER")),
+        *("CHECK_HTTP_BODY", "CHECK_HTTPS_BODY", "CHECK_METHOD", "CHECK_HEADER", "CHECK_BODY"),
+        *("CHECK_TLS_SKIP_VERIFY", "CHECK_GRPC_USE_TLS", "CHECK_DOCKER_HEALTH"),
+        *("CHECK_INTERVAL", "CHECK_TIMEOUT", "CHECK_DEREGISTER_AFTER", "CHECK_INITIAL_STATUS"),
+        *("CHECK_SUCCESS_BEFORE_PASSING", "CHECK_FAILURES_BEFORE_CRITICAL"),
+    }
+)
 _HEADER_LINE = re.compile(r"^\s*([^:\s][^:]*):\s*(.*)$")
 _INITIAL_STATUSES = frozenset({"passing", "warning", "critical"})
 
@@ -113,14 +140,20 @@ def build_checks(
     container: Container,
     settings: Settings,
     node_heartbeat: str = "",
+    flaws: Sequence[Problem] = (),
+    in_container: bool = True,
 ) -> ChecksResult:
     """The checks of one service; options read: -docker-health, -docker-health-initial, -ttl,
     -node-reap-after. `node_heartbeat` is the id of the node's heartbeat service to alias
-    (empty: none).
+    (empty: none). `flaws`: the other SERVICE_* values of this service that could not be
+    honoured (labels.py, connect.py), already reported by the caller. `in_container` False: the
+    registration has no container to run SERVICE_CHECK_SCRIPT in (a Swarm service's VIP).
 
     A malformed key never leaves the service unchecked (issue 12): the checks are built as if
     that key were absent, and a critical `misconfigured` check names the key, the value and
-    why, so the service stays critical in Consul until the label is fixed.
+    why, so the service stays critical in Consul until the label is fixed. `flaws` alone make
+    that check `warning`: the service serves as registered, only not as labelled, so it stays
+    in DNS answers while the Consul UI shows why.
     """
     checks: list[Check] = []
     problems: list[Problem] = []
@@ -137,7 +170,8 @@ def build_checks(
         broken.append(f"{metadata.origin(key)}: {reason}")
 
     def duration(key: str, default: str = "", positive: bool = False) -> str:
-        """The duration under `key`; `default` if absent or malformed (malformed is reported).
+        """The duration under `key`; `default` if absent or malformed (malformed is reported);
+        one below the floor Consul applies to `key` (_FLOORS) is raised to it, and said.
 
         A bare whole number is read as seconds, which is what users writing `10` mean.
         """
@@ -154,6 +188,11 @@ def build_checks(
             malformed(key, "is longer than Consul accepts (2562047h)", instead)
         elif positive and duration_seconds(value) <= 0:
             malformed(key, "must be more than 0", instead)
+        elif key in _FLOORS and duration_seconds(value) < _FLOORS[key][0]:
+            floor, why = _FLOORS[key]
+            lowest = _go_duration(int(floor))
+            note(key, f"{value!r} is shorter than {lowest}, {why}; using {lowest}")
+            return lowest
         else:
             return value
         return default
@@ -165,10 +204,16 @@ def build_checks(
             malformed(key, "is not true/false, yes/no, on/off or 1/0", "taken as false")
         return bool_word(value) is True
 
+    for key in sorted(metadata.values):
+        if (key == "CHECK" or key.startswith("CHECK_")) and key not in CHECK_KEYS:
+            malformed(key, "is under a check key registrator does not know", "ignored")
+
     # Options shared by every probing check.
     interval = duration("CHECK_INTERVAL", DEFAULT_INTERVAL, positive=True)
-    timeout = duration("CHECK_TIMEOUT")
-    deregister_after = duration("CHECK_DEREGISTER_AFTER")
+    # 0 is no timeout to Consul's probes but its default (10 s), and no deregistration at all:
+    # never what a user writing 0s means, so it is refused like a 0s interval.
+    timeout = duration("CHECK_TIMEOUT", positive=True)
+    deregister_after = duration("CHECK_DEREGISTER_AFTER", positive=True)
     common: dict[str, object] = {}
     if timeout:
         common["Timeout"] = timeout
@@ -265,6 +310,9 @@ def build_checks(
         except ValueError as err:
             malformed("CHECK_SCRIPT", f"cannot be split into arguments ({err})", "no script")
             script = ""
+    if script and not in_container:
+        malformed("CHECK_SCRIPT", "cannot run at a VIP registration (no container)", "no script")
+        script = ""
     if script:
         # Run by registrator inside the container (docker exec) and reported to this TTL
         # check, so Consul needs no enable_script_checks and no access to the container.
@@ -272,13 +320,6 @@ def build_checks(
         fields.update({k: v for k, v in common.items() if k not in {"Timeout"}})
         add(CheckKind.SCRIPT, "Script in container", fields, probing=False)
         script_interval = duration_seconds(interval)
-        if script_interval < MIN_SCRIPT_INTERVAL_SECONDS:
-            note(
-                "CHECK_INTERVAL",
-                f"{interval!r} is shorter than {MIN_SCRIPT_INTERVAL_SECONDS:g}s, the shortest "
-                f"interval a script check runs at; using {MIN_SCRIPT_INTERVAL_SECONDS:g}s",
-            )
-            script_interval = MIN_SCRIPT_INTERVAL_SECONDS
         # Consul's own default for script checks; an exec on a loaded host can take longer
         # than a short interval without the script failing.
         script_timeout = duration_seconds(timeout) if timeout else SCRIPT_TIMEOUT_SECONDS
@@ -318,14 +359,19 @@ def build_checks(
         if settings.node_reap_after:
             fields["DeregisterCriticalServiceAfter"] = f"{settings.node_reap_after}s"
         add(CheckKind.NODE_ALIAS, f"registrator node {node_heartbeat}", fields, probing=False)
-    if broken:
-        # Critical from its registration on; registrator also sets its output (plan.py).
+    flawed = broken + [f"{flaw.key}: {flaw.reason}" for flaw in flaws]
+    if flawed:
+        # In its status from its registration on; registrator also sets its output (plan.py).
         # No DeregisterCriticalServiceAfter: Consul would reap the service, and the next
         # resync would register it again.
         add(
             CheckKind.MISCONFIGURED,
-            "Malformed check labels",
-            {"TTL": MISCONFIGURED_TTL, "Status": "critical", "Notes": "; ".join(unique(broken))},
+            "Malformed check labels" if broken else "Malformed labels",
+            {
+                "TTL": MISCONFIGURED_TTL,
+                "Status": "critical" if broken else "warning",
+                "Notes": "; ".join(unique(flawed)),
+            },
             probing=False,
         )
     return ChecksResult(tuple(checks), tuple(problems), script, script_interval, script_timeout)

@@ -27,6 +27,7 @@ from registrator.docker import DockerClient, DockerError
 from registrator.hostnet import host_address
 from registrator.http import serve
 from registrator.payload import registration
+from registrator.plan import Holdings, foreign_holders, without_foreign_ids
 from registrator.planner import desired_services, keeps_registrations
 from registrator.settings import ConfigError, LogFormat, Settings
 
@@ -206,6 +207,17 @@ async def explain(settings: Settings, reference: str) -> int:
         result = desired_services(container, context)
         if keeps_registrations(container, settings.deregister):
             notes.append("exited non-zero with -deregister on-success: existing services kept")
+        holders: dict[str, str] = {}
+        if consul_self:
+            try:
+                entries = {s.id: await consul.service(s.id) for s in result.services}
+                holders = foreign_holders(entries, identity.node)
+            except ConsulError as err:
+                notes.append(f"Consul did not answer ({err}); who holds each id is unknown")
+        # The agent's own rule: an id someone else holds is left to them, and said.
+        services, foreign, taken = without_foreign_ids(
+            container.id, result.services, Holdings({}, {}, foreign=holders), identity.node
+        )
         report = {
             "container": container.name,
             "id": container.id,
@@ -214,8 +226,19 @@ async def explain(settings: Settings, reference: str) -> int:
             "default_address_source": identity.address.source
             if shown == identity.address.address
             else "",
-            "registrations": [registration(service) for service in result.services],
-            "warnings": [str(problem) for problem in result.problems],
+            "registrations": [registration(service) for service in services],
+            # Not registered while someone else holds the id in Consul (who, as far as the
+            # entry says: another node's registrator, or the entry's Meta).
+            "foreign_holders": [
+                {
+                    "id": service.id,
+                    "holder": holders[service.id],
+                    "registration": registration(service),
+                }
+                for service in result.services
+                if service.id in foreign
+            ],
+            "warnings": [str(problem) for problem in result.problems] + list(taken),
             "notes": notes,
         }
         print(json.dumps(report, indent=2, ensure_ascii=False))

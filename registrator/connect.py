@@ -23,10 +23,26 @@ _UPSTREAM = re.compile(
 )
 
 
+# Every SERVICE_CONNECT_* key build_connect reads; any other is a typo (e.g. _UPSTREAM).
+KEYS = frozenset(
+    {
+        "CONNECT_UPSTREAMS",
+        "CONNECT_SIDECAR_PORT",
+        "CONNECT_SIDECAR_TAGS",
+        "CONNECT_LOCAL_ADDRESS",
+        "CONNECT_LOCAL_PORT",
+        "CONNECT_PROXY_CONFIG",
+    }
+)
+
+
 @dataclass(frozen=True)
 class ConnectResult:
     connect: dict[str, object] | None
     problems: tuple[Problem, ...] = ()
+
+
+_UNKNOWN = "not a Connect key registrator knows"
 
 
 def _reject_constant(name: str) -> object:
@@ -64,8 +80,16 @@ def parse_upstreams(text: str) -> list[dict[str, object]]:
 
 def build_connect(metadata: Metadata, container: Container) -> ConnectResult:
     mode = metadata.get("CONNECT").strip().lower()
+    unknown = [k for k in sorted(metadata.values) if k.startswith("CONNECT_") and k not in KEYS]
+
+    def unknown_keys(instead: str) -> tuple[Problem, ...]:
+        return tuple(
+            Problem(container.name, metadata.origin(key), f"{_UNKNOWN}; {instead}")
+            for key in unknown
+        )
+
     if not mode or mode == "none" or bool_word(mode) is False:
-        return ConnectResult(None)
+        return ConnectResult(None, unknown_keys("ignored"))
 
     def fail(key: str, reason: str) -> ConnectResult:
         return ConnectResult(
@@ -78,9 +102,12 @@ def build_connect(metadata: Metadata, container: Container) -> ConnectResult:
         )
 
     if mode == "native":
-        return ConnectResult({"Native": True})
+        return ConnectResult({"Native": True}, unknown_keys("ignored"))
     if mode != "sidecar" and bool_word(mode) is not True:
         return fail("CONNECT", f"{mode!r} is not sidecar or native")
+    if unknown:
+        # All or nothing: the sidecar they meant to shape would silently differ.
+        return ConnectResult(None, unknown_keys("registered without Connect"))
 
     sidecar: dict[str, object] = {}
     proxy: dict[str, object] = {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from registrator.model import OWNER_META_KEYS, Container, Problem
@@ -192,6 +192,13 @@ def problems_with_keys(container: Container) -> list[Problem]:
             if scoped.problem:
                 problems.append(Problem(container.name, f"{kind} {raw_key}", scoped.problem))
     return problems
+
+
+def own_key_problems(problems: Iterable[Problem]) -> list[Problem]:
+    """The problems with a label or env var the container carries ("label SERVICE_NETWORK",
+    "env SERVICE_80", a -useIpFromLabel label), not with an option of the operator's: those a
+    service shows in Consul (its misconfigured check), as its own SERVICE_* values do."""
+    return [problem for problem in problems if problem.key.startswith(("label ", "env "))]
 
 
 def flag(metadata: Metadata, key: str, container: Container) -> tuple[bool, list[Problem]]:

@@ -14,8 +14,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from registrator import checks as checks_mod
+from registrator import payload
 from registrator.connect import sidecar_id
 from registrator.events import signal_number
 from registrator.model import (
@@ -176,6 +178,17 @@ def without_foreign_ids(
     return tuple(kept), tuple(foreign), tuple(problems)
 
 
+def foreign_holders(entries: Mapping[str, Mapping[str, Any] | None], node: str) -> dict[str, str]:
+    """service id → who holds it in Consul, for the ids someone other than this node's
+    registrator holds; `entries`: service id → the agent's entry for it (`GET
+    /v1/agent/service/:id`), None when it has none. The Holdings.foreign of those ids."""
+    holders = {
+        service_id: payload.foreign_holder(entry, node) if entry is not None else None
+        for service_id, entry in entries.items()
+    }
+    return {service_id: holder for service_id, holder in holders.items() if holder is not None}
+
+
 def without_contested_ids(
     key: str, services: tuple[Service, ...], holdings: Holdings
 ) -> tuple[tuple[Service, ...], tuple[str, ...], tuple[str, ...]]:
@@ -239,10 +252,16 @@ def mirror_health(container: Container, services: Iterable[Service]) -> tuple[Ch
 
 
 def misconfigured(services: Iterable[Service]) -> tuple[CheckUpdate, ...]:
-    """Each misconfigured check critical, its output naming the malformed keys (the same
-    text as its Notes: Consul's register call takes no Output)."""
+    """Each misconfigured check in the status it was registered with (critical for a
+    malformed check key, else warning: checks.build_checks), its output naming the malformed
+    keys (the same text as its Notes: Consul's register call takes no Output)."""
     return tuple(
-        CheckUpdate(check.check_id, "critical", str(check.fields["Notes"]), refresh_after(check))
+        CheckUpdate(
+            check.check_id,
+            str(check.fields.get("Status", "critical")),
+            str(check.fields["Notes"]),
+            refresh_after(check),
+        )
         for service in services
         for check in service.checks
         if check.kind is CheckKind.MISCONFIGURED

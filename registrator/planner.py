@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from registrator import checks as checks_mod
 from registrator.connect import build_connect
@@ -19,6 +19,7 @@ from registrator.labels import (
     Metadata,
     address_override,
     is_true_ignore,
+    own_key_problems,
     parse_tags,
     problems_with_keys,
     service_fields,
@@ -31,7 +32,6 @@ from registrator.model import (
     META_NODE,
     META_SOURCE,
     OWNER_SOURCE,
-    CheckKind,
     Container,
     HeldService,
     Plan,
@@ -148,6 +148,8 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
 
     endpoints = container_endpoints(container, ctx, base, problems.items)
     label_address = address_from_label(container, ctx, problems.items)
+    # What the container's own labels and env vars got wrong so far applies to each service.
+    container_flaws = own_key_problems(problems.items)
     default_name = default_service_name(container)
     global_tags = parse_tags(expand_template(ctx.settings.tags, container, ctx.node))
 
@@ -176,6 +178,7 @@ def desired_services(container: Container, ctx: PlanContext) -> ContainerPlan:
             global_tags,
             label_address,
             problems,
+            container_flaws,
         )
         if service is None:
             continue
@@ -272,6 +275,7 @@ def _service(
     global_tags: list[str],
     label_address: str,
     problems: _Problems,
+    container_flaws: Sequence[Problem] = (),
 ) -> Service | None:
     udp = endpoint.protocol == "udp"
     name = metadata.get("NAME").strip() or default_name
@@ -298,6 +302,8 @@ def _service(
     meta, meta_problems = service_meta(metadata, container)
     problems.items.extend(meta_problems)
     meta.update({META_SOURCE: OWNER_SOURCE, META_NODE: ctx.node, META_CONTAINER: container.id})
+    connect = build_connect(metadata, container)
+    problems.items.extend(connect.problems)
     built = checks_mod.build_checks(
         metadata,
         service_id,
@@ -305,20 +311,18 @@ def _service(
         container,
         ctx.settings,
         node_heartbeat=heartbeat_service_id(ctx.node) if ctx.settings.node_ttl else "",
+        # Script checks run inside the container; a VIP has none to run them in.
+        in_container=not is_vip_key(container.id),
+        # Visible in Consul, not only in the log (the misconfigured check).
+        flaws=[
+            *container_flaws,
+            *address_problems,
+            *fields.problems,
+            *meta_problems,
+            *connect.problems,
+        ],
     )
     problems.items.extend(built.problems)
-    if built.script and is_vip_key(container.id):
-        # Script checks run inside the container; a VIP has none to run them in.
-        problems.add(
-            metadata.origin("CHECK_SCRIPT"), "a VIP registration cannot run a script; check skipped"
-        )
-        built = replace(
-            built,
-            checks=tuple(c for c in built.checks if c.kind is not CheckKind.SCRIPT),
-            script="",
-        )
-    connect = build_connect(metadata, container)
-    problems.items.extend(connect.problems)
     return Service(
         id=service_id,
         name=name,

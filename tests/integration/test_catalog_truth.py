@@ -1,6 +1,7 @@
 """Two rules of issue 12 end to end against real dockerd and Consul: a malformed check key
-makes the service critical (never unchecked), and a service id someone else holds in Consul is
-never taken over or deleted. Their tables are in tests/unit/test_checks.py and test_plan.py."""
+makes the service critical (never unchecked; any other bad value shows as warning), and a
+service id someone else holds in Consul is never taken over or deleted. Their tables are in
+tests/unit/test_checks.py, test_planner_labels.py and test_plan.py."""
 
 from __future__ import annotations
 
@@ -47,16 +48,17 @@ def checks_of(consul: ConsulAgent, service_id: str) -> dict[str, dict[str, Any]]
     }
 
 
-# --- a misconfigured check makes the service critical ------------------------------------------
+# --- a bad value shows in Consul: critical for a check key, warning for any other ------------
 
 
 @pytest.mark.parametrize(
-    ("labels", "environment", "kinds", "output"),
+    ("labels", "environment", "kinds", "status", "output"),
     [
         pytest.param(
             {"SERVICE_CHECK_HTTP": "/", "SERVICE_CHECK_INTERVAL": "abc"},
             {},
             {"http", "misconfigured", "registrator-node"},
+            "critical",
             "label SERVICE_CHECK_INTERVAL: 'abc' is not a duration like 10s, 1m or 500ms; "
             "using 10s",
             id="issue example: interval abc",
@@ -65,12 +67,42 @@ def checks_of(consul: ConsulAgent, service_id: str) -> dict[str, dict[str, Any]]
             {"SERVICE_CHECK_HTTP": "/", "SERVICE_CHECK_TCP": "off"},
             {"SERVICE_CHECK_TIMEOUT": "soon"},
             {"http", "misconfigured", "registrator-node"},
+            "critical",
             "env SERVICE_CHECK_TIMEOUT: 'soon' is not a duration like 10s, 1m or 500ms; left unset",
             id="timeout from env on an HTTP check; TCP off means no TCP check",
         ),
+        pytest.param(
+            {"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_TIMEOUT": "0s"},
+            {},
+            {"tcp", "misconfigured", "registrator-node"},
+            "critical",
+            "label SERVICE_CHECK_TIMEOUT: '0s' must be more than 0; left unset",
+            id="timeout 0s: Consul would use its 10s without a word",
+        ),
+        # Registered with what is valid, and Consul says what was not: the service serves, so
+        # it is warning (still in DNS answers), not critical.
+        pytest.param(
+            {"SERVICE_WEIGHT": "heavy"},
+            {},
+            {"misconfigured", "registrator-node"},
+            "warning",
+            "label SERVICE_WEIGHT: 'heavy' is not a whole number from 1 to 65535; "
+            "Consul's default 1 used",
+            id="review example: weight heavy",
+        ),
+        pytest.param(
+            {"SERVICE_IP": "192.0.2.9"},
+            {"SERVICE_WEIGHT_WARNING": "-1"},
+            {"misconfigured", "registrator-node"},
+            "warning",
+            "label SERVICE_IP: ignored: a container sets its own address only when the operator "
+            "allows it with -useIpFromLabel SERVICE_IP; env SERVICE_WEIGHT_WARNING: '-1' is not "
+            "a whole number from 1 to 65535; Consul's default 1 used",
+            id="SERVICE_IP without the opt-in, and a negative warning weight from env",
+        ),
     ],
 )
-async def test_malformed_check_key_makes_the_service_critical_in_consul(
+async def test_a_bad_value_shows_in_consul_on_its_service(
     start_agent: StartAgent,
     containers: ContainerFactory,
     net: Network,
@@ -79,6 +111,7 @@ async def test_malformed_check_key_makes_the_service_critical_in_consul(
     labels: dict[str, str],
     environment: dict[str, str],
     kinds: set[str],
+    status: str,
     output: str,
 ) -> None:
     running = await start_agent("-ip", "127.0.0.1", "-resync", "1")
@@ -100,15 +133,23 @@ async def test_malformed_check_key_makes_the_service_critical_in_consul(
             timeout=10,
             message="the misconfigured check never said which key, which value and why",
         )
-        await asyncio.sleep(2.5)  # two resyncs: still critical, the warning still said once
+        await asyncio.sleep(2.5)  # two resyncs: the status kept, each warning still said once
     checks = checks_of(consul, service_id)
     assert set(checks) == {f"service:{service_id}:{kind}" for kind in kinds}
-    assert checks[misconfigured]["Status"] == "critical"
-    assert checks[misconfigured]["Notes"] == output
+    assert (checks[misconfigured]["Status"], checks[misconfigured]["Notes"]) == (status, output)
+    # Registered with what is valid: the address it serves at, Consul's default weights.
+    (entry,) = consul.catalog_service(name)
+    assert (entry["ServiceAddress"], entry["ServiceWeights"]) == (
+        "127.0.0.1",
+        {"Passing": 1, "Warning": 1},
+    )
     # What a client asking for healthy instances sees: none.
     assert consul.get(f"/v1/health/service/{name}?passing=true") == []
-    key = output.split(":", 1)[0]
-    assert len(warnings_about(caplog, box.name, key)) == 1
+    origins = [f"label {key}" for key in labels] + [f"env {key}" for key in environment]
+    named = [origin for origin in origins if f"{origin}:" in output]
+    assert named
+    for origin in named:
+        assert len(warnings_about(caplog, box.name, origin)) == 1
 
 
 async def test_bare_whole_numbers_are_seconds_and_said_once(

@@ -106,11 +106,17 @@ async def test_per_protocol_names_and_range_ignore(
     (warning,) = warnings_about(caplog, container.name, "SERVICE_7000-6000_IGNORE")
     assert "7000-6000 is not a port range" in warning
     checks = {
-        c["CheckID"]
+        c["CheckID"]: c
         for c in consul.checks().values()
         if c["ServiceID"] in held and c["Type"] != "alias"  # not the node heartbeat's alias
     }
-    assert checks == {f"service:{other_id}:tcp"}
+    # The reversed range applies to no port, so to none of the registrations: each says so
+    # in Consul, as a warning (they serve as registered, only not as labelled).
+    flawed = {f"service:{sid}:misconfigured" for sid in (tcp_id, udp_id, other_id)}
+    assert set(checks) == {f"service:{other_id}:tcp", *flawed}
+    for check_id in flawed:
+        assert checks[check_id]["Status"] == "warning"
+        assert checks[check_id]["Notes"].startswith("label SERVICE_7000-6000_IGNORE: 7000-6000 ")
 
 
 # -- SERVICE_TAGS templates and SERVICE_IP ------------------------------------------------

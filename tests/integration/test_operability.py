@@ -221,6 +221,32 @@ def test_explain_prints_registrations_and_warnings_and_writes_nothing(
     assert missing.returncode == 1 and "no-such-container-xyz" in missing.stderr
 
 
+def test_explain_names_who_holds_an_id_the_agent_would_not_take_over(
+    consul_factory: Callable[..., ConsulAgent], containers: ContainerFactory
+) -> None:
+    consul = consul_factory()
+    by_hand = {"ID": "db-fixed", "Name": "db", "Port": 4711, "Meta": {"owner": "ops"}}
+    consul.put("/v1/agent/service/register", by_hand)
+    container = containers.run(labels={"SERVICE_ID": "db-fixed", **SERVICE_LABELS})
+    before = consul.services()
+    result = run_cli(
+        "explain", container.name, "-node", "explainer", f"consul://{consul.http_addr}"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    holder = "a registration not made by registrator (Meta owner=ops)"
+    assert report["registrations"] == []
+    (foreign,) = report["foreign_holders"]
+    assert (foreign["id"], foreign["holder"]) == ("db-fixed", holder)
+    assert foreign["registration"]["ID"] == "db-fixed"
+    assert report["warnings"] == [
+        f"container {container.name}: service id 'db-fixed': Consul already holds it for "
+        f"{holder}, not for registrator on node 'explainer'; not taken over, registered once "
+        "that entry is gone"
+    ]
+    assert consul.services() == before
+
+
 # --------------------------------------------------------------------------------------------
 # Shutdown
 

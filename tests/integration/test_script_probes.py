@@ -177,5 +177,5 @@ async def test_script_interval_floor(
     lines = [r.getMessage() for r in caplog.records if "shortest interval" in r.getMessage()]
     assert lines == [
         f"container {box.name}: label SERVICE_CHECK_INTERVAL: {interval!r} is shorter than 1s, "
-        "the shortest interval a script check runs at; using 1s"
+        "the shortest interval Consul runs a check at (and registrator a script); using 1s"
     ]

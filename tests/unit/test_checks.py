@@ -422,6 +422,21 @@ MALFORMED = [
     # (labels, env, the key as the user wrote it, checks still registered), one per key
     # that can be malformed: the checks are built as if it were absent.
     pytest.param(
+        {"SERVICE_CHECK_HTPP": "/h", "SERVICE_CHECK_TCP": "yes"},
+        {},
+        "label SERVICE_CHECK_HTPP",
+        {"tcp": {"TCP": "10.0.0.5:8080", "Interval": "10s"}},
+        id="a check key nothing reads (a typo): the check it meant is missing",
+    ),
+    pytest.param(
+        {},
+        {"SERVICE_80_CHECK_CMD": "/bin/check"},
+        "env SERVICE_80_CHECK_CMD",
+        {},
+        id="gliderlabs' SERVICE_CHECK_CMD, port-scoped, from env",
+    ),
+    pytest.param({"SERVICE_CHECK": "yes"}, {}, "label SERVICE_CHECK", {}, id="SERVICE_CHECK"),
+    pytest.param(
         {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_INTERVAL": "abc"},
         {},
         "label SERVICE_CHECK_INTERVAL",
@@ -455,6 +470,20 @@ MALFORMED = [
         "label SERVICE_CHECK_TIMEOUT",
         {"http": {"HTTP": "http://10.0.0.5:8080/h", "Interval": "10s"}},
         id="timeout beyond Go's int64 nanoseconds",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TIMEOUT": "0s"},
+        {},
+        "label SERVICE_CHECK_TIMEOUT",
+        {"http": {"HTTP": "http://10.0.0.5:8080/h", "Interval": "10s"}},
+        id="timeout 0s: Consul would silently use its 10s, not no timeout",
+    ),
+    pytest.param(
+        {"SERVICE_CHECK_TCP": "true", "SERVICE_CHECK_DEREGISTER_AFTER": "0"},
+        {},
+        "label SERVICE_CHECK_DEREGISTER_AFTER",
+        {"tcp": {"TCP": "10.0.0.5:8080", "Interval": "10s"}},
+        id="deregister-after 0: Consul would never deregister",
     ),
     pytest.param(
         {"SERVICE_CHECK_GRPC": "true", "SERVICE_CHECK_DEREGISTER_AFTER": "1d"},
@@ -623,25 +652,43 @@ def test_every_malformed_key_is_named_in_one_critical_check() -> None:
     assert len(result.problems) == 2
 
 
+INTERVAL_FLOOR = "the shortest interval Consul runs a check at (and registrator a script)"
+DEREGISTER_FLOOR = "the shortest time Consul waits before it deregisters a critical service"
+DEREGISTER = "DeregisterCriticalServiceAfter"
+
+
 @pytest.mark.parametrize(
-    ("key", "value", "field", "kind", "expected"),
+    ("key", "value", "field", "kind", "expected", "said"),
     [
-        pytest.param("CHECK_INTERVAL", "10", "Interval", "tcp", "10s", id="interval 10"),
-        pytest.param("CHECK_TIMEOUT", "90", "Timeout", "tcp", "90s", id="timeout 90"),
+        # A bare whole number is seconds.
+        pytest.param("CHECK_INTERVAL", "10", "Interval", "tcp", "10s", "", id="interval 10"),
+        pytest.param("CHECK_TIMEOUT", "90", "Timeout", "tcp", "90s", "", id="timeout 90"),
+        pytest.param(
+            "CHECK_DEREGISTER_AFTER", "600", DEREGISTER, "tcp", "600s", "", id="deregister 600"
+        ),
+        pytest.param("CHECK_TTL", "30", "TTL", "ttl", "30s", "", id="ttl 30"),
+        pytest.param("CHECK_INTERVAL", "007", "Interval", "tcp", "7s", "", id="leading zeros"),
+        # Below a floor Consul applies by itself: raised to it (no misconfigured check: the
+        # check runs as Consul would run it anyway).
+        pytest.param(
+            "CHECK_INTERVAL", "500ms", "Interval", "tcp", "1s", INTERVAL_FLOOR, id="interval 500ms"
+        ),
+        pytest.param(
+            "CHECK_DEREGISTER_AFTER", "30s", DEREGISTER, "tcp", "1m", DEREGISTER_FLOOR, id="30s"
+        ),
         pytest.param(
             "CHECK_DEREGISTER_AFTER",
-            "600",
-            "DeregisterCriticalServiceAfter",
+            "59.9s",
+            DEREGISTER,
             "tcp",
-            "600s",
-            id="deregister-after 600",
+            "1m",
+            DEREGISTER_FLOOR,
+            id="deregister-after just under a minute",
         ),
-        pytest.param("CHECK_TTL", "30", "TTL", "ttl", "30s", id="ttl 30"),
-        pytest.param("CHECK_INTERVAL", "007", "Interval", "tcp", "7s", id="leading zeros"),
     ],
 )
-def test_bare_whole_number_is_seconds_and_said_once(
-    key: str, value: str, field: str, kind: str, expected: str
+def test_duration_read_otherwise_than_written_is_said_once(
+    key: str, value: str, field: str, kind: str, expected: str, said: str
 ) -> None:
     result = build({"SERVICE_CHECK_TCP": "yes", f"SERVICE_{key}": value})
     checks = by_kind(result)
@@ -649,7 +696,25 @@ def test_bare_whole_number_is_seconds_and_said_once(
     assert checks[kind][field] == expected
     (problem,) = result.problems
     assert problem.key == f"label SERVICE_{key}"
-    assert problem.reason == f"{value!r} has no unit; read as {expected} (write {expected})"
+    assert problem.reason == (
+        f"{value!r} is shorter than {expected}, {said}; using {expected}"
+        if said
+        else f"{value!r} has no unit; read as {expected} (write {expected})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "field"),
+    [
+        pytest.param("CHECK_INTERVAL", "1s", "Interval", id="interval at the floor"),
+        pytest.param("CHECK_DEREGISTER_AFTER", "1m", DEREGISTER, id="deregister-after at it"),
+        pytest.param("CHECK_TIMEOUT", "1ms", "Timeout", id="timeout: Consul has no floor"),
+    ],
+)
+def test_duration_as_written_is_sent_as_written(key: str, value: str, field: str) -> None:
+    result = build({"SERVICE_CHECK_TCP": "yes", f"SERVICE_{key}": value})
+    assert by_kind(result)["tcp"][field] == value
+    assert result.problems == ()
 
 
 @pytest.mark.parametrize("word", ["off", "OFF", "false", "no", "0", " Off "])
@@ -722,7 +787,7 @@ def test_script_interval_floor(interval: str, seconds: float, clamped: bool) -> 
         (problem,) = result.problems
         assert str(problem) == (
             f"container web-1: label SERVICE_CHECK_INTERVAL: {interval!r} is shorter than 1s, "
-            "the shortest interval a script check runs at; using 1s"
+            f"{INTERVAL_FLOOR}; using 1s"
         )
     else:
         assert result.problems == ()

@@ -24,6 +24,7 @@ from registrator.plan import (
     Maintenance,
     drain_window,
     drains_on,
+    foreign_holders,
     heartbeat_updates,
     keep_maintenance,
     lacks_kill_wrapper,
@@ -514,15 +515,71 @@ def test_foreign_holder_wins(foreign: dict[str, str], own: bool, written: bool) 
     )
 
 
-def test_misconfigured_check_is_reported_critical_with_its_notes() -> None:
-    container = make_container(labels={"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TIMEOUT": "soon"})
+OURS = {"external-source": "registrator", "registrator-node": "node1", "registrator-container": "c"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "holder"),
+    [
+        pytest.param(None, None, id="no entry: free"),
+        pytest.param({"ID": "shared", "Meta": OURS}, None, id="this node's registrator: ours"),
+        pytest.param(
+            {"ID": "shared", "Meta": {**OURS, "registrator-node": "node2"}},
+            "the registrator of node 'node2' (container c)",
+            id="another node's registrator",
+        ),
+        pytest.param(
+            {"ID": "shared", "Meta": {"owner": "ops"}},
+            "a registration not made by registrator (Meta owner=ops)",
+            id="by hand, with Meta",
+        ),
+        pytest.param(
+            {"ID": "shared"}, "a registration not made by registrator", id="by hand, no Meta"
+        ),
+    ],
+)
+def test_foreign_holders_from_the_agents_entries(
+    entry: dict[str, object] | None, holder: str | None
+) -> None:
+    """What `explain` reports is the agent's rule: the same holders, the same warning."""
+    holders = foreign_holders({"shared": entry, "free": None}, "node1")
+    assert holders == ({} if holder is None else {"shared": holder})
+    container = make_container(labels=SHARED)
+    outcome = plan_container(
+        CONTAINER_ID, container, Holdings({}, {}, foreign=holders), make_context()
+    )
+    assert outcome.foreign == (() if holder is None else ("shared",))
+
+
+@pytest.mark.parametrize(
+    ("labels", "status", "notes"),
+    [
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_CHECK_TIMEOUT": "soon"},
+            "critical",
+            "label SERVICE_CHECK_TIMEOUT: 'soon' is not",
+            id="a malformed check key: critical",
+        ),
+        pytest.param(
+            {"SERVICE_CHECK_HTTP": "/h", "SERVICE_WEIGHT": "heavy"},
+            "warning",
+            "label SERVICE_WEIGHT: 'heavy' is not",
+            id="another malformed key: warning",
+        ),
+    ],
+)
+def test_misconfigured_check_is_reported_in_its_status_with_its_notes(
+    labels: dict[str, str], status: str, notes: str
+) -> None:
+    container = make_container(labels=labels)
     outcome = plan_container(CONTAINER_ID, container, holdings({}), make_context())
     (service,) = outcome.services
     (check,) = [c for c in service.checks if c.kind is CheckKind.MISCONFIGURED]
     assert outcome.check_updates == (
-        CheckUpdate(check.check_id, "critical", str(check.fields["Notes"]), 24 * 3600 / 3),
+        CheckUpdate(check.check_id, status, str(check.fields["Notes"]), 24 * 3600 / 3),
     )
-    assert str(check.fields["Notes"]).startswith("label SERVICE_CHECK_TIMEOUT: 'soon' is not")
+    assert check.fields["Status"] == status
+    assert str(check.fields["Notes"]).startswith(notes)
 
 
 CHECKS = {

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from registrator.labels import RESERVED_KEYS
-from registrator.model import Container, ContainerPort, NetworkAttachment, PortBinding
+from registrator.model import (
+    CheckKind,
+    Container,
+    ContainerPort,
+    NetworkAttachment,
+    PortBinding,
+)
 from registrator.planner import ContainerPlan, desired_services
 from tests.unit.builders import (
     NODE,
@@ -260,6 +266,144 @@ def test_bad_weight_still_registers_with_consul_defaults() -> None:
     ]
 
 
+# --- every bad value a service carries is shown in Consul ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "options", "keys"),
+    [
+        pytest.param({"SERVICE_WEIGHT": "heavy"}, {}, ["label SERVICE_WEIGHT"], id="weight heavy"),
+        pytest.param({"SERVICE_WEIGHT": "-1"}, {}, ["label SERVICE_WEIGHT"], id="weight -1"),
+        pytest.param(
+            {"SERVICE_WEIGHT_WARNING": "0"}, {}, ["label SERVICE_WEIGHT_WARNING"], id="warning 0"
+        ),
+        pytest.param(
+            {"SERVICE_ENABLE_TAG_OVERRIDE": "maybe"},
+            {},
+            ["label SERVICE_ENABLE_TAG_OVERRIDE"],
+            id="tag override: not a yes/no word",
+        ),
+        pytest.param(
+            {"SERVICE_TAGS": "a,{{.Nope}}"}, {}, ["label SERVICE_TAGS"], id="tags: unknown field"
+        ),
+        pytest.param(
+            {"SERVICE_IP": "10.1.2.3"}, {}, ["label SERVICE_IP"], id="SERVICE_IP without opt-in"
+        ),
+        pytest.param(
+            {"SERVICE_IP": "nope"},
+            {"use_ip_from_label": "SERVICE_IP"},
+            ["label SERVICE_IP"],
+            id="SERVICE_IP not an address",
+        ),
+        pytest.param(
+            {"ip": "nope"},
+            {"use_ip_from_label": "ip"},
+            ["label ip"],
+            id="the -useIpFromLabel label not an address",
+        ),
+        pytest.param({"SERVICE_A.B": "1"}, {}, ["label SERVICE_A.B"], id="meta key: a dot"),
+        pytest.param(
+            {"SERVICE_CONSUL-X": "1"}, {}, ["label SERVICE_CONSUL-X"], id="meta key: consul-"
+        ),
+        pytest.param(
+            {"SERVICE_CONNECT": "maybe"}, {}, ["label SERVICE_CONNECT"], id="connect: a word"
+        ),
+        pytest.param(
+            {"SERVICE_CONNECT": "sidecar", "SERVICE_CONNECT_UPSTREAMS": "db"},
+            {},
+            ["label SERVICE_CONNECT_UPSTREAMS"],
+            id="connect: upstream without a port",
+        ),
+        pytest.param(
+            {"SERVICE_CONNECT": "sidecar", "SERVICE_CONNECT_UPSTREAM": "db:5432"},
+            {},
+            ["label SERVICE_CONNECT_UPSTREAM"],
+            id="connect: a key nothing reads (a typo)",
+        ),
+        pytest.param(
+            {"SERVICE_CONNECT_SIDECARPORT": "21000"},
+            {},
+            ["label SERVICE_CONNECT_SIDECARPORT"],
+            id="connect off: a key nothing reads is still said",
+        ),
+        pytest.param({"SERVICE_80": "x"}, {}, ["label SERVICE_80"], id="scoped key without a name"),
+        pytest.param(
+            {"SERVICE_10-x_IGNORE": "true"},
+            {},
+            ["label SERVICE_10-x_IGNORE"],
+            id="malformed range: the ports it meant are registered",
+        ),
+        pytest.param(
+            {"SERVICE_80_NETWORK": "b"},
+            {},
+            ["label SERVICE_80_NETWORK"],
+            id="container-wide key scoped to a port",
+        ),
+        pytest.param(
+            {"SERVICE_NETWORK": "nosuch"},
+            {"internal": True},
+            ["label SERVICE_NETWORK"],
+            id="SERVICE_NETWORK the container is not on",
+        ),
+        # Said in the log only: an operator's option, or advice rather than a bad value.
+        pytest.param({}, {"internal": True, "network": "nosuch"}, [], id="-network: an option"),
+        pytest.param({"SERVICE_CHECK_INTERVAL": "10"}, {}, [], id="bare seconds: understood"),
+        pytest.param({"SERVICE_WEIGHT": "7"}, {}, [], id="valid weight"),
+    ],
+)
+def test_bad_service_values_show_in_a_warning_misconfigured_check(
+    labels: dict[str, str], options: dict[str, Any], keys: list[str]
+) -> None:
+    result = plan(make_container(labels=labels), **options)
+    (service,) = result.services
+    flawed = [c for c in service.checks if c.kind is CheckKind.MISCONFIGURED]
+    visible = [p for p in result.problems if p.key in keys]
+    assert [p.key for p in visible] == keys  # logged too, once
+    if not keys:
+        assert flawed == []
+        return
+    (check,) = flawed
+    assert check.check_id == f"service:{service.id}:misconfigured"
+    assert dict(check.fields) == {
+        "TTL": "24h",
+        "Status": "warning",  # the service serves, only not as labelled
+        "Notes": "; ".join(f"{p.key}: {p.reason}" for p in visible),
+    }
+    assert check.name == "Malformed labels"
+
+
+def test_a_malformed_check_key_keeps_the_misconfigured_check_critical() -> None:
+    labels = {"SERVICE_WEIGHT": "heavy", "SERVICE_CHECK_TIMEOUT": "0s", "SERVICE_CHECK_TCP": "1"}
+    result = plan(make_container(labels=labels))
+    (service,) = result.services
+    (check,) = [c for c in service.checks if c.kind is CheckKind.MISCONFIGURED]
+    assert check.fields["Status"] == "critical"
+    assert check.name == "Malformed check labels"
+    assert str(check.fields["Notes"]) == (
+        "label SERVICE_CHECK_TIMEOUT: '0s' must be more than 0; left unset; "
+        "label SERVICE_WEIGHT: 'heavy' is not a whole number from 1 to 65535; "
+        "Consul's default 1 used"
+    )
+
+
+def test_every_port_shows_the_container_wide_flaws_and_only_its_own() -> None:
+    container = make_container(
+        labels={"SERVICE_80": "x", "SERVICE_443_WEIGHT": "heavy"},
+        ports=(published(80, 8080), published(443, 8443)),
+    )
+    notes = {
+        service.id: str(check.fields["Notes"])
+        for service in plan(container).services
+        for check in service.checks
+        if check.kind is CheckKind.MISCONFIGURED
+    }
+    scoped = "port-scoped key without a name"
+    assert notes["node1:web-1:80"].startswith(f"label SERVICE_80: {scoped}")
+    assert "SERVICE_443_WEIGHT" not in notes["node1:web-1:80"]
+    assert notes["node1:web-1:443"].startswith(f"label SERVICE_80: {scoped}")
+    assert "; label SERVICE_443_WEIGHT: 'heavy' is not" in notes["node1:web-1:443"]
+
+
 # --- IPv6 and dual stack ------------------------------------------------------------------
 
 
@@ -404,6 +548,25 @@ def test_service_connect_words(value: str, connect: str | None, problem: bool) -
     kinds = {None: None, "sidecar": "SidecarService", "native": "Native"}
     assert (None if service.connect is None else next(iter(service.connect))) == kinds[connect]
     assert [p.key for p in result.problems] == (["label SERVICE_CONNECT"] if problem else [])
+
+
+@pytest.mark.parametrize(
+    ("mode", "connect", "instead"),
+    [
+        pytest.param("sidecar", None, "registered without Connect", id="sidecar: all or nothing"),
+        pytest.param("native", "Native", "ignored", id="native: no sidecar to shape"),
+        pytest.param("off", None, "ignored", id="off"),
+    ],
+)
+def test_a_connect_key_nothing_reads_is_said(mode: str, connect: str | None, instead: str) -> None:
+    labels = {"SERVICE_CONNECT": mode, "SERVICE_CONNECT_UPSTREAM": "db:5432"}
+    result = plan(make_container(labels=labels))
+    (service,) = result.services
+    assert (None if service.connect is None else next(iter(service.connect))) == connect
+    assert [str(p) for p in result.problems] == [
+        "container web-1: label SERVICE_CONNECT_UPSTREAM: not a Connect key registrator knows; "
+        + instead
+    ]
 
 
 @pytest.mark.parametrize(

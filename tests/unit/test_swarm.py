@@ -250,14 +250,23 @@ def test_vip_without_a_usable_network_is_a_named_problem() -> None:
     assert [p.key for p in plan.problems] == ["-swarm-vip"]
 
 
-def test_vip_registration_skips_a_script_check_with_a_reason() -> None:
+def test_vip_registration_cannot_run_a_script_and_is_critical_saying_so() -> None:
     service = parse_service(document("service-ing"))
     service = replace(service, env={**service.env, "SERVICE_CHECK_SCRIPT": "true"})
     plan = desired_services(vip_container(service, USABLE_NETWORKS), make_context(swarm_vip=True))
     (registration,) = plan.services
     assert registration.script == ""
-    assert not any(c.check_id.endswith(":script") for c in registration.checks)
-    assert any("cannot run a script" in p.reason for p in plan.problems)
+    # A check the labels ask for is missing: never unchecked, critical with the reason.
+    assert [c.check_id.rsplit(":", 1)[1] for c in registration.checks] == ["misconfigured"]
+    (check,) = registration.checks
+    reason = "'true' cannot run at a VIP registration (no container); no script"
+    assert (check.fields["Status"], check.fields["Notes"]) == (
+        "critical",
+        f"env SERVICE_CHECK_SCRIPT: {reason}",
+    )
+    assert [p.reason for p in plan.problems] == [
+        f"{reason}; the service is critical until it is fixed"
+    ]
 
 
 def test_vip_keys_never_look_like_container_ids() -> None:
