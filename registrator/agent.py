@@ -29,6 +29,7 @@ from registrator.events import (
     kill_signal,
     since_from_time_nano,
 )
+from registrator.heap import HeapTrimmer
 from registrator.hostnet import host_address
 from registrator.node_heartbeat import NodeHeartbeat, NodeReaper
 from registrator.planner import PlanContext
@@ -166,6 +167,7 @@ class Agent:
         self._background: set[asyncio.Task[None]] = set()
         self.heartbeat: NodeHeartbeat | None = None
         self.reaper: NodeReaper | None = None
+        self.heap = HeapTrimmer()
 
     @property
     def docker_ok(self) -> bool:
@@ -343,6 +345,8 @@ class Agent:
                 # now alias a missing service (critical) until the next beat.
                 await self.heartbeat.beat()
             ok = await self.reconciler.full_reconcile()
+            # The lists it decoded are garbage now; see registrator/heap.py.
+            self.heap.trim()
             if self.reaper is not None:
                 if self.reconciler.swarm.leader:
                     await self.reaper.reap()
