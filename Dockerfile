@@ -56,7 +56,11 @@ RUN echo 'registrator:x:10001:10001:registrator:/nonexistent:/usr/sbin/nologin' 
 # The health server listens on the container's loopback by default, so the HEALTHCHECK below
 # is a readiness check (Docker and Consul reachable, first reconcile done) without exposing
 # anything; set REGISTRATOR_HTTP_ADDR=:PORT to let Prometheus scrape /metrics.
+# FROZENLIST_NO_EXTENSIONS: aiohttp's FrozenList in pure Python; the compiled one is C++ and
+# loads libstdc++, 1.4 MB of the agent's RSS for a list aiohttp builds a few times at startup
+# (docs/operations.md, Memory).
 ENV PATH=/opt/venv/bin:$PATH \
+    FROZENLIST_NO_EXTENSIONS=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     REGISTRATOR_HTTP_ADDR=127.0.0.1:9876

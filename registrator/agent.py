@@ -22,6 +22,7 @@ from registrator.containers import as_dict
 from registrator.docker import DockerError
 from registrator.event_stream import EventStream
 from registrator.events import event_container_id, event_service_id, kill_signal
+from registrator.heap import trim_heap
 from registrator.hostnet import host_address
 from registrator.node_heartbeat import NodeHeartbeat, NodeReaper
 from registrator.planner import PlanContext
@@ -341,6 +342,8 @@ class Agent:
                 # now alias a missing service (critical) until the next beat.
                 await self.heartbeat.beat()
             ok = await self.reconciler.full_reconcile()
+            # The lists it decoded are garbage now; see registrator/heap.py.
+            trim_heap()
             if self.reaper is not None:
                 if self.reconciler.swarm.leader:
                     await self.reaper.reap()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -27,6 +27,21 @@ from tenacity import (
 from registrator.apiclient import APIError, JSONClient
 from registrator.ids import path_segment
 from registrator.option_values import ConsulEndpoint
+
+# What the callers of `services()` read of an entry (the reconciler's held_from_agent and
+# foreign_holder, the reaper's heartbeats_from_agent and owned_by_node).
+_ENTRY_FIELDS = frozenset({"ID", "Service", "Address", "Port", "Kind", "Meta"})
+
+
+def _entry_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Called for every JSON object, innermost first. An entry is the object whose "ID" is a
+    # string and whose "Meta" is an object: never Meta itself (string values only), nor the
+    # answer's top level (its values are entries); anything else nested inside an entry
+    # (Weights, TaggedAddresses, Proxy) is dropped with it, whatever it keeps.
+    answer = dict(pairs)
+    if isinstance(answer.get("ID"), str) and isinstance(answer.get("Meta"), dict):
+        return {key: value for key, value in pairs if key in _ENTRY_FIELDS}
+    return answer
 
 
 class ConsulError(APIError):
@@ -115,7 +130,12 @@ class ConsulClient(JSONClient):
         return status >= 500 or status == 429
 
     async def _once(
-        self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
     ) -> Any:
         self.requests += 1
         if method != "GET":
@@ -123,10 +143,17 @@ class ConsulClient(JSONClient):
         # encoded=True: the path is already percent-encoded (ids via path_segment), and yarl
         # would otherwise decode %2E%2E and drop the segment, deregistering another id.
         url = yarl.URL(f"{self.endpoint.base_url}{path}", encoded=True)
-        return await self._exchange(method, url, path, params=params, body=body)
+        return await self._exchange(
+            method, url, path, params=params, body=body, object_pairs_hook=object_pairs_hook
+        )
 
     async def _call(
-        self, method: str, path: str, body: Any = None, params: Mapping[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
     ) -> Any:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
@@ -136,7 +163,7 @@ class ConsulClient(JSONClient):
         )
         async for attempt in retrying:
             with attempt:
-                return await self._once(method, path, body, params)
+                return await self._once(method, path, body, params, object_pairs_hook)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def agent_self(self) -> dict[str, Any]:
@@ -146,7 +173,14 @@ class ConsulClient(JSONClient):
         return answer
 
     async def services(self) -> dict[str, dict[str, Any]]:
-        answer = await self._call("GET", "/v1/agent/services")
+        """`GET /v1/agent/services`: service id → the entry's ID, Service, Address, Port,
+        Kind and Meta (as Consul gives them; Kind only on a proxy or gateway).
+
+        The other fields (Tags, Weights, TaggedAddresses, Proxy...) are dropped while
+        decoding: at 500 services they would be ~0.6 MB of objects nobody reads, at the
+        agent's peak; see docs/performance.md.
+        """
+        answer = await self._call("GET", "/v1/agent/services", object_pairs_hook=_entry_fields)
         if not isinstance(answer, dict):
             raise ConsulError("GET /v1/agent/services: unexpected answer")
         return {k: v for k, v in answer.items() if isinstance(v, dict)}

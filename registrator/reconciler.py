@@ -36,7 +36,10 @@ from registrator.timing import Timing
 
 log = logging.getLogger(__name__)
 
-FULL_RECONCILE_CONCURRENCY = 16
+# 4, not 16: each container in flight holds its inspect document and requests, and at 500
+# containers the cold start's RSS (and its peak) was 0.6-0.9 MB lower with 4 (the transients of
+# 16 scattered the kept objects over more memory); docs/performance.md, "Memory, second pass".
+FULL_RECONCILE_CONCURRENCY = 4
 
 
 class Reconciler:
