@@ -116,6 +116,56 @@ async def _json_lines(stream: aiohttp.StreamReader) -> AsyncIterator[dict[str, A
                 yield event
 
 
+# Docker's multiplexed stream (no TTY): each frame is an 8-byte header, the stream (0 stdin,
+# 1 stdout, 2 stderr), three zero bytes and the payload length (big-endian uint32), then the
+# payload. Docker Engine API, "Attach to a container", Stream format.
+_FRAME_HEADER = 8
+# Output kept from a run; Consul truncates a check's output at 4 KiB anyway.
+_OUTPUT_KEPT = 4 * 4096
+
+
+class StreamFrames:
+    """Demultiplexes Docker's attach/exec stream as chunks arrive (frames may be split across
+    chunks): every frame's payload, stdout and stderr alike, in arrival order."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._payload = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._pending + chunk
+        start = 0
+        while len(data) - start >= _FRAME_HEADER:
+            size = int.from_bytes(data[start + 4 : start + _FRAME_HEADER], "big")
+            end = start + _FRAME_HEADER + size
+            if end > len(data):
+                break
+            self._payload += data[start + _FRAME_HEADER : end]
+            start = end
+        self._pending = data[start:]
+        if len(self._payload) > _OUTPUT_KEPT:
+            del self._payload[:-_OUTPUT_KEPT]
+
+    def output(self) -> bytes:
+        """The payloads so far, and what arrived of a last frame cut short (its header
+        complete); an incomplete header is dropped."""
+        tail = self._pending[_FRAME_HEADER:] if len(self._pending) >= _FRAME_HEADER else b""
+        return bytes(self._payload) + tail
+
+
+def stalled_exec(state: object, waited: float) -> DockerError | None:
+    """What it means that an exec's output had not ended after `waited` seconds, given its
+    `GET /exec/{id}/json` answer then: None if the process is still running (it overran),
+    else the error to raise: it had ended, so Docker stalled, not the process."""
+    if isinstance(state, dict) and state.get("Running") is True:
+        return None
+    exit_code = state.get("ExitCode") if isinstance(state, dict) else None
+    return DockerError(
+        f"exec start: Docker did not end the output within {waited:g} s although the process"
+        f" had ended (exit code {exit_code}); Docker stalled, not the probe"
+    )
+
+
 class DockerClient(JSONClient):
     error = DockerError
 
@@ -316,31 +366,47 @@ class DockerClient(JSONClient):
         command: Sequence[str],
         timeout: float,  # noqa: ASYNC109 - bounds the exec, not this call's caller
     ) -> ExecResult:
-        """Run `command` in the container and collect its exit code and output.
+        """Run `command` in the container and collect its exit code and output (stdout and
+        stderr in the order written, the last 4096 characters).
 
-        `timeout` (seconds) bounds the wait for its output. Docker cannot kill an exec
-        (there is no such endpoint), so a process still running then is waited for, polling
+        `timeout` (seconds) bounds the wait for its output; the session's own per-request
+        timeout does not apply (a probe may run longer). Docker cannot kill an exec (there
+        is no such endpoint), so a process still running then is waited for, polling
         `GET /exec/{id}/json` once a second until it ends (or the container does), and the
         answer says `timed_out`: a caller never has two of its commands running at once.
-        Raises DockerError when Docker cannot be asked.
+        Raises DockerError when Docker cannot be asked, or when the process had ended by
+        then but Docker never delivered its output (a stalled daemon, not a slow probe).
+        Docker Engine API: "Create an exec instance", "Start an exec instance".
         """
         created = await self._request(
             "POST",
             f"/containers/{quote(container_id, safe='')}/exec",
-            body={"Cmd": list(command), "AttachStdout": True, "AttachStderr": True, "Tty": True},
+            # No TTY: a TTY turns every \n of the output into \r\n (Consul shows them) and
+            # tells the script it talks to a terminal; the stream is then multiplexed.
+            body={"Cmd": list(command), "AttachStdout": True, "AttachStderr": True, "Tty": False},
         )
         exec_id = created.get("Id") if isinstance(created, dict) else None
         if not isinstance(exec_id, str):
             raise DockerError("exec create: no Id in answer")
         url = f"{self._base}{self._prefix}/exec/{exec_id}/start"
+        frames = StreamFrames()
         try:
             async with asyncio.timeout(timeout):
-                async with self._client().post(url, json={"Detach": False, "Tty": True}) as resp:
+                async with self._client().post(
+                    url,
+                    json={"Detach": False, "Tty": False},
+                    # The run is bounded by `timeout` above, not by the session's total.
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                ) as resp:
                     if resp.status >= 400:
                         raise DockerError(f"exec start: HTTP {resp.status}", status=resp.status)
-                    raw = await resp.read()
+                    async for chunk in resp.content.iter_any():
+                        frames.feed(chunk)
         except TimeoutError:
             state = await self._request("GET", f"/exec/{exec_id}/json")
+            stalled = stalled_exec(state, timeout)
+            if stalled is not None:
+                raise stalled from None
             while isinstance(state, dict) and state.get("Running") is True:
                 await asyncio.sleep(1.0)
                 state = await self._request("GET", f"/exec/{exec_id}/json")
@@ -356,5 +422,5 @@ class DockerClient(JSONClient):
         exit_code = state.get("ExitCode") if isinstance(state, dict) else None
         return ExecResult(
             exit_code=exit_code if isinstance(exit_code, int) else 2,
-            output=raw.decode("utf-8", "replace")[-4096:],
+            output=frames.output().decode("utf-8", "replace")[-4096:],
         )

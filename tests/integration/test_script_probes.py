@@ -179,3 +179,57 @@ async def test_script_interval_floor(
         f"container {box.name}: label SERVICE_CHECK_INTERVAL: {interval!r} is shorter than 1s, "
         "the shortest interval Consul runs a check at (and registrator a script); using 1s"
     ]
+
+
+async def probe_check(
+    start_agent: StartAgent,
+    consul: ConsulAgent,
+    containers: ContainerFactory,
+    image: str,
+    name: str,
+    labels: dict[str, str],
+) -> str:
+    """The script check id of a fresh service `name` with `labels`, registered by an
+    -internal agent of this test."""
+    running = await start_agent("-internal")
+    box = await exposed(
+        containers, name, IDLE_LOOP, {"SERVICE_NAME": unique(name), **labels}, image=image
+    )
+    sid = running.service_id(box.name, 80)
+    await wait_registered(consul, sid)
+    return check_id(sid, "script")
+
+
+async def test_probe_longer_than_docker_client_timeout_passes(
+    start_agent: StartAgent,
+    consul: ConsulAgent,
+    containers: ContainerFactory,
+    exposing_image: str,
+) -> None:
+    # Before the fix the Docker client's 30 s session timeout cut the exec stream and the
+    # check read "timed out after 60 s; not killed: the container has no `timeout` command".
+    labels = {
+        "SERVICE_CHECK_SCRIPT": "sleep 33; echo done",
+        "SERVICE_CHECK_INTERVAL": "40s",
+        "SERVICE_CHECK_TIMEOUT": "60s",
+    }
+    checked = await probe_check(start_agent, consul, containers, exposing_image, "long", labels)
+    check = await wait_check(consul, checked, "passing", "done", within=45.0)
+    assert check["Output"] == "done\n"
+
+
+async def test_multiline_output_has_no_carriage_returns(
+    start_agent: StartAgent,
+    consul: ConsulAgent,
+    containers: ContainerFactory,
+    exposing_image: str,
+) -> None:
+    labels = {
+        # `[ -t 1 ]`: stdout is not a terminal (with a TTY, every \n arrived as \r\n).
+        "SERVICE_CHECK_SCRIPT": "echo a; echo b; [ -t 1 ] && echo tty; echo err >&2",
+        "SERVICE_CHECK_INTERVAL": "10s",
+    }
+    checked = await probe_check(start_agent, consul, containers, exposing_image, "lines", labels)
+    check = await wait_check(consul, checked, "passing", "err")
+    # stdout and stderr are separate pipes: their relative order is the kernel's, not ours.
+    assert check["Output"] in {"a\nb\nerr\n", "err\na\nb\n", "a\nerr\nb\n"}

@@ -10,7 +10,9 @@ from registrator.consul import ConsulError
 from registrator.docker import (
     MAX_API_VERSION,
     DockerError,
+    StreamFrames,
     choose_api_version,
+    stalled_exec,
 )
 
 
@@ -102,3 +104,70 @@ def test_error_kinds(error: DockerError, gone: bool, version_refused: bool) -> N
 def test_one_error_hierarchy() -> None:
     assert issubclass(DockerError, APIError)
     assert issubclass(ConsulError, APIError)
+
+
+def frame(stream: int, payload: bytes) -> bytes:
+    """One frame of Docker's multiplexed stream (stream byte, 3 zero bytes, uint32 BE size)."""
+    return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        pytest.param([frame(1, b"a\nb\n")], b"a\nb\n", id="one frame"),
+        pytest.param([], b"", id="empty stream"),
+        pytest.param([frame(1, b"")], b"", id="empty frame"),
+        pytest.param(
+            [frame(1, b"hello\n")[:3], frame(1, b"hello\n")[3:10], frame(1, b"hello\n")[10:]],
+            b"hello\n",
+            id="one frame split across chunks, header included",
+        ),
+        pytest.param(
+            [frame(1, b"one\n") + frame(2, b"oops\n")[:5], frame(2, b"oops\n")[5:]],
+            b"one\noops\n",
+            id="a chunk ending inside the next header",
+        ),
+        pytest.param(
+            [frame(1, b"out1\n") + frame(2, b"err\n") + frame(1, b"out2\n")],
+            b"out1\nerr\nout2\n",
+            id="stdout and stderr interleaved, in order",
+        ),
+        pytest.param([frame(1, b"ok\n") + b"\x01\x00\x00"], b"ok\n", id="truncated header"),
+        pytest.param(
+            [frame(1, b"ok\n") + frame(1, b"partial line")[:12]],
+            b"ok\npart",
+            id="last frame cut short: what arrived",
+        ),
+        pytest.param([frame(1, b"a\r\nb")], b"a\r\nb", id="payload kept byte for byte"),
+    ],
+)
+def test_stream_frames(chunks: list[bytes], expected: bytes) -> None:
+    frames = StreamFrames()
+    for chunk in chunks:
+        frames.feed(chunk)
+    assert frames.output() == expected
+
+
+def test_stream_frames_keeps_the_end_of_long_output() -> None:
+    frames = StreamFrames()
+    for n in range(5000):
+        frames.feed(frame(1, f"line {n}\n".encode()))
+    output = frames.output()
+    assert output.endswith(b"line 4999\n")
+    assert len(output) <= 4 * 4096
+
+
+@pytest.mark.parametrize(
+    ("state", "stalled"),
+    [
+        pytest.param({"Running": True, "ExitCode": 0}, False, id="still running: it overran"),
+        pytest.param({"Running": False, "ExitCode": 0}, True, id="ended: Docker stalled"),
+        pytest.param({"Running": False, "ExitCode": 137}, True, id="killed, answer late"),
+        pytest.param(None, True, id="no answer document"),
+    ],
+)
+def test_stalled_exec(state: object, stalled: bool) -> None:
+    error = stalled_exec(state, 35)
+    assert (error is not None) == stalled
+    if error is not None:
+        assert "35 s" in str(error) and "Docker stalled" in str(error)
