@@ -9,6 +9,7 @@ import secrets
 import time
 from typing import Any
 
+import pytest
 from docker.models.containers import Container
 
 from registrator.model import META_CONTAINER
@@ -75,12 +76,14 @@ async def test_kept_service_of_a_dead_container_is_critical_and_stays_so(
         await asyncio.sleep(0.25)
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["same agent", "agent restarted"])
 async def test_kept_service_without_checks_of_ours_is_critical_until_it_runs_again(
-    start_agent: StartAgent, containers: ContainerFactory, consul: ConsulAgent
+    start_agent: StartAgent, containers: ContainerFactory, consul: ConsulAgent, restart: bool
 ) -> None:
     # No -ttl, no script, no HEALTHCHECK: only the node alias check, passing while the node
     # lives. Docker may give the dead container's address to another container.
-    running = await start_agent("-ip", "127.0.0.1", "-deregister", "on-success", "-resync", "1")
+    flags = ("-ip", "127.0.0.1", "-deregister", "on-success", "-resync", "1")
+    running = await start_agent(*flags)
     name = unique("crashy")
     app = await run(
         containers,
@@ -113,6 +116,13 @@ async def test_kept_service_without_checks_of_ours_is_critical_until_it_runs_aga
         assert service_id in consul.services(), "kept under -deregister on-success"
         assert not passing()
         await asyncio.sleep(0.25)
+    if restart:
+        # A new agent, on the same node, that never registered the service itself.
+        await running.kill()
+        running = await start_agent(*flags, node=running.node)
+        await running.full_reconcile()
+        assert consul.checks()[exited]["Status"] == "critical"
+        assert service_id in consul.services() and not passing()
 
     await asyncio.to_thread(app.start)
     await async_wait_until(passing, timeout=15, message="not passing again once it ran again")
