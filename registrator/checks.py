@@ -11,10 +11,10 @@ import json
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from registrator.labels import Metadata, unique
-from registrator.model import Check, CheckKind, Container, Problem
+from registrator.model import Check, CheckKind, Container, Problem, Service
 from registrator.settings import Settings
 from registrator.vocabulary import bool_word, whole_number
 
@@ -375,6 +375,21 @@ def build_checks(
             probing=False,
         )
     return ChecksResult(tuple(checks), tuple(problems), script, script_interval, script_timeout)
+
+
+def with_exited_check(service: Service, reason: str) -> Service:
+    """`service` as kept for a container that exited: its checks plus a critical `exited`
+    check whose Notes give `reason` (any earlier `exited` check replaced). A service with
+    no check of registrator's own (none at all, or only ones Consul probes at an address
+    that a later container may take) would otherwise stay passing."""
+    exited = Check(
+        check_id(service.id, CheckKind.EXITED),
+        CheckKind.EXITED,
+        "Container exited",
+        {"TTL": MISCONFIGURED_TTL, "Status": "critical", "Notes": reason},
+    )
+    kept = tuple(check for check in service.checks if check.kind is not CheckKind.EXITED)
+    return replace(service, checks=(*kept, exited))
 
 
 def _go_duration(seconds: int) -> str:

@@ -163,6 +163,9 @@ class CheckKind(StrEnum):
     # A malformed SERVICE_CHECK_* key: critical, saying which key, which value and why.
     MISCONFIGURED = "misconfigured"
     NODE_ALIAS = "registrator-node"  # Consul aliases the node's heartbeat (-node-ttl)
+    # A kept service of a container that exited (-deregister on-success): critical, saying
+    # why, whatever other checks the service has, until the container runs again.
+    EXITED = "exited"
 
     @property
     def reported_by_agent(self) -> bool:
@@ -171,7 +174,13 @@ class CheckKind(StrEnum):
 
 
 _REPORTED_BY_AGENT = frozenset(
-    {CheckKind.SCRIPT, CheckKind.DOCKER_HEALTH, CheckKind.HEARTBEAT, CheckKind.MISCONFIGURED}
+    {
+        CheckKind.SCRIPT,
+        CheckKind.DOCKER_HEALTH,
+        CheckKind.HEARTBEAT,
+        CheckKind.MISCONFIGURED,
+        CheckKind.EXITED,
+    }
 )
 
 

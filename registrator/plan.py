@@ -62,9 +62,10 @@ class Outcome:
     problems: lines to log (once per change); None when the container is gone.
     contested: ids this container wants that another container holds; it waits for them.
     check_updates: statuses registrator reports for the checks it runs itself.
-    kept: a failed container keeps its services as they are (-deregister on-success); the
-        checks registrator controls are then critical, and it runs none of them (no script,
-        no heartbeat, no health mirror) until the container runs again.
+    kept: a failed container keeps its services (-deregister on-success), each with a
+        critical `exited` check; the checks registrator controls are then critical, and it
+        runs none of them (no script, no heartbeat, no health mirror) until the container
+        runs again.
     hand_over: containers waiting for an id this plan releases; reconcile them right after.
     foreign: ids this container wants that someone else holds in Consul; the holder wins.
     """
@@ -88,9 +89,7 @@ def plan_container(
         plan = plan_changes((), held)
         return Outcome(plan, hand_over=contenders(plan, key, holdings))
     if keeps_registrations(container, ctx.settings.deregister):
-        return Outcome(
-            Plan(), check_updates=stopped_checks(container, held, holdings, ctx), kept=True
-        )
+        return plan_kept(container, held, holdings, ctx)
     result = desired_services(container, ctx)
     services, foreign, not_ours = without_foreign_ids(key, result.services, holdings, ctx.node)
     services, contested, taken = without_contested_ids(key, services, holdings)
@@ -128,27 +127,49 @@ def contenders(plan: Plan, key: str, holdings: Holdings) -> tuple[str, ...]:
     )
 
 
-def stopped_checks(
+def plan_kept(
     container: Container, held: Mapping[str, HeldService], holdings: Holdings, ctx: PlanContext
-) -> tuple[CheckUpdate, ...]:
-    """A kept service of a container that exited: every check registrator controls is
-    critical, saying why (Consul probes the others, which fail by themselves)."""
+) -> Outcome:
+    """A kept service of a container that exited: re-registered with a critical `exited`
+    check saying why (checks.with_exited_check), and every check registrator controls
+    critical too. When the container runs again, its plain registration differs from the
+    held one, so it is registered again without that check."""
     reason = f"container exited with code {container.exit_code}"
     if container.finished_at:
         reason += f" at {container.finished_at}"
-    services = [holdings.registered[sid] for sid in held if sid in holdings.registered]
-    if len(services) < len(held):
-        # Not registered by this run of the agent (it restarted since): the checks the
-        # container would have if it ran. Labels do not change while it is stopped, but a
-        # stopped container has no published ports, so this finds fewer than it had.
-        as_running = desired_services(replace(container, running=True), ctx).services
-        services += [s for s in as_running if s.id in held and s.id not in holdings.registered]
-    return tuple(
-        CheckUpdate(check.check_id, "critical", reason)
-        for service in services
+    marked = tuple(
+        checks_mod.with_exited_check(service, reason)
+        for service in kept_services(container, held, holdings, ctx)
+    )
+    # Only the services found: one that cannot be rebuilt stays as Consul holds it.
+    plan = plan_changes(marked, {service.id: held[service.id] for service in marked})
+    updates = tuple(
+        CheckUpdate(check.check_id, "critical", reason, refresh_after(check))
+        for service in marked
         for check in service.checks
         if check.kind.reported_by_agent
     )
+    return Outcome(plan, check_updates=updates, kept=True)
+
+
+def kept_services(
+    container: Container, held: Mapping[str, HeldService], holdings: Holdings, ctx: PlanContext
+) -> list[Service]:
+    """The held services of a container that exited, as registered when it ran."""
+    services = [holdings.registered[sid] for sid in held if sid in holdings.registered]
+    if len(services) < len(held):
+        # Not registered by this run of the agent (it restarted since): the services the
+        # container would have if it ran, where Consul holds them. Labels do not change while
+        # it is stopped, but a stopped container has no published ports, so this finds fewer
+        # than it had; the others keep what Consul holds (their `exited` check included, if
+        # an earlier run added it).
+        as_running = desired_services(replace(container, running=True), ctx).services
+        services += [
+            replace(s, address=held[s.id].address or s.address, port=held[s.id].port or s.port)
+            for s in as_running
+            if s.id in held and s.id not in holdings.registered
+        ]
+    return services
 
 
 def without_foreign_ids(

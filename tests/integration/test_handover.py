@@ -9,6 +9,7 @@ import secrets
 import time
 from typing import Any
 
+import pytest
 from docker.models.containers import Container
 
 from registrator.model import META_CONTAINER
@@ -73,6 +74,59 @@ async def test_kept_service_of_a_dead_container_is_critical_and_stays_so(
         assert statuses() == ("critical", "critical")
         assert service_id in consul.services(), "kept under -deregister on-success"
         await asyncio.sleep(0.25)
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same agent", "agent restarted"])
+async def test_kept_service_without_checks_of_ours_is_critical_until_it_runs_again(
+    start_agent: StartAgent, containers: ContainerFactory, consul: ConsulAgent, restart: bool
+) -> None:
+    # No -ttl, no script, no HEALTHCHECK: only the node alias check, passing while the node
+    # lives. Docker may give the dead container's address to another container.
+    flags = ("-ip", "127.0.0.1", "-deregister", "on-success", "-resync", "1")
+    running = await start_agent(*flags)
+    name = unique("crashy")
+    app = await run(
+        containers,
+        "crashy",
+        command=["sh", "-c", EXIT_ON_USR1.format(code=3)],
+        labels={"SERVICE_NAME": name},
+        ports={"80/tcp": None},
+    )
+    service_id = running.service_id(app.name, 80)
+    exited = f"service:{service_id}:exited"
+    await running.wait_registered(service_id)
+
+    def passing() -> bool:
+        entries = consul.get(f"/v1/health/service/{name}?passing")
+        return any(entry["Service"]["ID"] == service_id for entry in entries)
+
+    await async_wait_until(passing, timeout=15, message="never passing while it ran")
+
+    await asyncio.to_thread(app.kill, signal="SIGUSR1")
+    assert (await asyncio.to_thread(app.wait, timeout=10))["StatusCode"] == 3
+    await async_wait_until(
+        lambda: not passing(), timeout=10, message="still passing after the container exited"
+    )
+    check = consul.checks()[exited]
+    assert check["Status"] == "critical"
+    assert check["Notes"].startswith("container exited with code 3 at ")
+    # Several resyncs later: still kept, still not passing.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert service_id in consul.services(), "kept under -deregister on-success"
+        assert not passing()
+        await asyncio.sleep(0.25)
+    if restart:
+        # A new agent, on the same node, that never registered the service itself.
+        await running.kill()
+        running = await start_agent(*flags, node=running.node)
+        await running.full_reconcile()
+        assert consul.checks()[exited]["Status"] == "critical"
+        assert service_id in consul.services() and not passing()
+
+    await asyncio.to_thread(app.start)
+    await async_wait_until(passing, timeout=15, message="not passing again once it ran again")
+    assert exited not in consul.checks(), "the exited check outlived the exit"
 
 
 async def test_released_id_changes_hands_at_once_without_a_resync(

@@ -129,7 +129,8 @@ def test_stopped_container(mode: DeregisterMode, exit_code: int, kept: bool) -> 
         CONTAINER_ID, stopped, holdings(holding(service), service), make_context(deregister=mode)
     )
     assert outcome.kept is kept
-    assert outcome.plan.register == ()
+    # Kept: registered again, with its `exited` check (see the table below).
+    assert [s.id for s in outcome.plan.register] == ([service.id] if kept else [])
     assert outcome.plan.deregister == (() if kept else (service.id,))
 
 
@@ -415,19 +416,105 @@ def test_kept_container_has_its_agent_checks_critical(
         health=health,
         running=False,
         exit_code=3,
-        finished_at="2026-11-30T03:04:05Z",
+        finished_at=FINISHED_AT,
         # Docker drops the published ports of a stopped container; after a restart the agent
         # can only find the checks of ports it still sees.
         ports=running.ports if not registered else (),
     )
     state = holdings(holding(service), *([service] if registered else []))
     outcome = plan_container(CONTAINER_ID, exited, state, context)
-    assert outcome.kept and outcome.plan.empty
-    expected = {c.check_id for c in service.checks if c.kind in kinds}
+    assert outcome.kept
+    expected = {c.check_id for c in service.checks if c.kind in kinds} | {exited_id(service)}
     assert {u.check_id for u in outcome.check_updates} == expected
-    assert {(u.status, u.output) for u in outcome.check_updates} <= {
-        ("critical", "container exited with code 3 at 2026-11-30T03:04:05Z")
-    }
+    assert {(u.status, u.output) for u in outcome.check_updates} == {("critical", EXIT_REASON)}
+
+
+FINISHED_AT = "2026-11-30T03:04:05Z"
+EXIT_REASON = f"container exited with code 3 at {FINISHED_AT}"
+
+
+def exited_id(service: Service) -> str:
+    return f"service:{service.id}:exited"
+
+
+@pytest.mark.parametrize(
+    ("labels", "ttl"),
+    [
+        pytest.param({}, 0, id="no check at all"),
+        pytest.param({"SERVICE_CHECK_HTTP": "/health"}, 0, id="only an HTTP check"),
+        pytest.param({"SERVICE_CHECK_TCP": "true"}, 0, id="only a TCP check"),
+        pytest.param({"SERVICE_CHECK_TTL": "30s"}, 0, id="the application's TTL check"),
+        pytest.param({}, 20, id="-ttl heartbeat"),
+    ],
+)
+@pytest.mark.parametrize(
+    "registered",
+    [
+        pytest.param(True, id="registered by this agent run"),
+        pytest.param(False, id="after an agent restart"),
+    ],
+)
+def test_kept_service_is_registered_again_with_a_critical_exited_check(
+    labels: dict[str, str], ttl: int, registered: bool
+) -> None:
+    running = make_container(labels=labels)
+    context = make_context(deregister=DeregisterMode.ON_SUCCESS, ttl=ttl)
+    (service,) = desired_services(running, context).services
+    exited = make_container(
+        labels=labels, running=False, exit_code=3, finished_at=FINISHED_AT, ports=running.ports
+    )
+    state = holdings(holding(service), *([service] if registered else []))
+    outcome = plan_container(CONTAINER_ID, exited, state, context)
+    (marked,) = outcome.plan.register
+    assert outcome.kept and outcome.plan.deregister == ()
+    assert (marked.id, marked.address, marked.port) == (service.id, service.address, service.port)
+    # Every check it had, unchanged, plus the `exited` one: registered critical, saying why.
+    assert marked.checks[:-1] == service.checks
+    exited_check = marked.checks[-1]
+    assert (exited_check.check_id, exited_check.kind) == (exited_id(service), CheckKind.EXITED)
+    assert exited_check.fields["Status"] == "critical"
+    assert exited_check.fields["Notes"] == EXIT_REASON
+    assert CheckUpdate(exited_id(service), "critical", EXIT_REASON, 24 * 3600 / 3) in (
+        outcome.check_updates
+    )
+    # Once Consul holds it so, the next reconcile while it is dead writes nothing more.
+    again = plan_container(CONTAINER_ID, exited, holdings(holding(marked), service), context)
+    assert again.plan.empty and again.kept
+    # Running again: registered as before, without the `exited` check.
+    back = plan_container(CONTAINER_ID, running, holdings(holding(marked), service), context)
+    assert not back.kept
+    assert back.plan.register == (service,)
+    assert all(c.kind is not CheckKind.EXITED for c in back.plan.register[0].checks)
+    assert exited_id(service) not in {u.check_id for u in back.check_updates}
+
+
+def test_kept_service_exiting_again_gets_the_new_reason() -> None:
+    running = make_container()
+    context = make_context(deregister=DeregisterMode.ON_SUCCESS)
+    (service,) = desired_services(running, context).services
+    first = make_container(running=False, exit_code=3, finished_at=FINISHED_AT)
+    (marked,) = plan_container(
+        CONTAINER_ID, first, holdings(holding(service), service), context
+    ).plan.register
+    second = replace(first, exit_code=4, finished_at="2026-11-30T04:00:00Z")
+    (remarked,) = plan_container(
+        CONTAINER_ID, second, holdings(holding(marked), service), context
+    ).plan.register
+    assert [c.fields.get("Notes") for c in remarked.checks if c.kind is CheckKind.EXITED] == [
+        "container exited with code 4 at 2026-11-30T04:00:00Z"
+    ]
+
+
+def test_kept_service_that_cannot_be_rebuilt_is_left_as_consul_holds_it() -> None:
+    # After an agent restart, a stopped container without its published ports: the service
+    # Consul holds is not found again, so it is neither rewritten nor deregistered.
+    running = make_container()
+    context = make_context(deregister=DeregisterMode.ON_SUCCESS)
+    (service,) = desired_services(running, context).services
+    exited = make_container(running=False, exit_code=3, ports=())
+    assert desired_services(replace(exited, running=True), context).services == ()
+    outcome = plan_container(CONTAINER_ID, exited, holdings(holding(service)), context)
+    assert outcome.kept and outcome.plan.empty and outcome.check_updates == ()
 
 
 def test_kept_container_checks_of_services_no_longer_held_are_left_alone() -> None:
