@@ -16,7 +16,7 @@ from registrator import checks as checks_mod
 from registrator.backends import ConsulAPI, DockerAPI
 from registrator.consul import ConsulError
 from registrator.docker import DockerError
-from registrator.model import CheckUpdate, Service
+from registrator.model import CheckKind, CheckUpdate, Service
 from registrator.plan import (
     heartbeat_updates,
     lacks_kill_wrapper,
@@ -100,10 +100,18 @@ class CheckRunner:
             await self.report(update)
 
     def forget(self, service: Service | None) -> None:
-        """The service was (re-)registered or removed: its checks start from scratch."""
-        for check in service.checks if service else ():
-            self._sent.pop(check.check_id, None)
-            self._refused.pop(check.check_id, None)
+        """The service was (re-)registered or removed: its checks start from scratch.
+
+        The `exited` check a kept service carried is dropped too: the service that replaces
+        it (running again, or None when removed) no longer lists it.
+        """
+        if service is None:
+            return
+        for check_id in {check.check_id for check in service.checks} | {
+            checks_mod.check_id(service.id, CheckKind.EXITED)
+        }:
+            self._sent.pop(check_id, None)
+            self._refused.pop(check_id, None)
 
     def sync_scripts(self, registered: Mapping[str, Service], service_ids: Iterable[str]) -> None:
         """Start, restart or stop the script runners of the services one reconcile touched.

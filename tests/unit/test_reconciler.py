@@ -367,3 +367,28 @@ async def test_owner_events_replan_the_containers_sharing_its_stack(
     r.mark(A)  # the owner's `die`: nothing happened to the sidecar itself
     await r.idle()
     assert sid("metrics") not in consul.entries
+
+
+async def test_kept_container_that_fails_again_is_critical_again(
+    docker: FakeDocker, consul: FakeConsul
+) -> None:
+    """Once the container runs again nothing of its `exited` check is kept in memory, and a
+    second failure is reported critical again."""
+    docker.run(A, "web")
+    r = reconciler(docker, consul, deregister=DeregisterMode.ON_SUCCESS)
+    await r.reconcile_container(A)
+    exited = f"service:{sid('web')}:exited"
+
+    def exited_updates() -> list[str]:
+        return [status for check_id, status, _ in consul.check_updates if check_id == exited]
+
+    docker.exit(A, 3)
+    await r.reconcile_container(A)
+    assert exited_updates() == ["critical"]
+
+    docker.run(A, "web")  # started again: registered without the exited check
+    await r.reconcile_container(A)
+    assert exited not in r.checks._sent, "the exited check's last status is not kept"
+    docker.exit(A, 3)
+    await r.reconcile_container(A)
+    assert exited_updates() == ["critical", "critical"]
