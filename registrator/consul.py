@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Unpack
 
 import aiohttp
 import yarl
@@ -24,7 +24,7 @@ from tenacity import (
     wait_random,
 )
 
-from registrator.apiclient import APIError, JSONClient
+from registrator.apiclient import APIError, JSONClient, RequestOptions
 from registrator.ids import path_segment
 from registrator.option_values import ConsulEndpoint
 
@@ -129,32 +129,16 @@ class ConsulClient(JSONClient):
         # 429: the agent's rate limit; the same request is welcome a little later.
         return status >= 500 or status == 429
 
-    async def _once(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
-    ) -> Any:
+    async def _once(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Any:
         self.requests += 1
         if method != "GET":
             self.writes += 1
         # encoded=True: the path is already percent-encoded (ids via path_segment), and yarl
         # would otherwise decode %2E%2E and drop the segment, deregistering another id.
         url = yarl.URL(f"{self.endpoint.base_url}{path}", encoded=True)
-        return await self._exchange(
-            method, url, path, params=params, body=body, object_pairs_hook=object_pairs_hook
-        )
+        return await self._exchange(method, url, path, **options)
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        params: Mapping[str, str] | None = None,
-        object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
-    ) -> Any:
+    async def _call(self, method: str, path: str, **options: Unpack[RequestOptions]) -> Any:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential(multiplier=0.1, max=2.0) + wait_random(0, 0.1),
@@ -163,7 +147,7 @@ class ConsulClient(JSONClient):
         )
         async for attempt in retrying:
             with attempt:
-                return await self._once(method, path, body, params, object_pairs_hook)
+                return await self._once(method, path, **options)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def agent_self(self) -> dict[str, Any]:
