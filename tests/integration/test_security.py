@@ -446,8 +446,11 @@ def _cycle_through_proxy(
         )
         if wait_for_check:
             wait_until(
+                # The script's own check: the node alias check passes before any exec ran.
                 lambda: any(
-                    check.get("Status") == "passing" and check.get("ServiceID") in registered
+                    check.get("Status") == "passing"
+                    and check.get("ServiceID") in registered
+                    and str(check.get("CheckID", "")).endswith(":script")
                     for check in consul.checks().values()
                 ),
                 timeout=15,
